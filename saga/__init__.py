@@ -1,0 +1,42 @@
+"""saga: an embedded, durable saga coordinator for asyncio and trio.
+
+Declare a saga as ordered steps with forward actions and compensations; a
+:class:`Coordinator` runs its instances on a store and drives each one to a terminal
+status (completed, compensated, failed or cancelled) through crashes and restarts.
+"""
+
+from saga._core.decide import idempotency_key
+from saga._core.definition import RetryPolicy, SagaDefinition, Step, StepKind
+from saga._core.events import ErrorInfo, Phase
+from saga._core.state import SagaState, Status
+from saga._runtime.clock import Clock, SystemClock
+from saga._runtime.context import StepContext
+from saga._runtime.coordinator import Coordinator, SupervisionPolicy
+from saga._runtime.handle import SagaHandle, SagaOutcome
+from saga._runtime.history import RecordedEvent
+from saga._store.memory import MemoryStore
+from saga._store.port import Store
+
+__all__ = [
+    "Clock",
+    "Coordinator",
+    "ErrorInfo",
+    "MemoryStore",
+    "Phase",
+    "RecordedEvent",
+    "RetryPolicy",
+    "SagaDefinition",
+    "SagaHandle",
+    "SagaOutcome",
+    "SagaState",
+    "Status",
+    "Step",
+    "StepContext",
+    "StepKind",
+    "Store",
+    "SupervisionPolicy",
+    "SystemClock",
+    "idempotency_key",
+]
+
+__version__ = "0.1.0"

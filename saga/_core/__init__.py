@@ -1,0 +1,1 @@
+"""The pure core: definitions, events, the decider. No I/O, no clock, no anyio."""

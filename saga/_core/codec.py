@@ -1,0 +1,107 @@
+"""One converter for everything persisted: events to JSON text and back.
+
+Events are stored as ``(type, schema, data)``: the class name, a schema version and a JSON
+object. A stored event of an older schema is upcast by registered functions before it is
+structured, so old histories keep replaying after an event's shape changes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import cattrs
+
+from saga._core import events as ev
+from saga.errors import PayloadError
+
+__all__ = ["SCHEMA", "check_payload", "decode_event", "dumps", "encode_event", "upcaster"]
+
+#: Current schema version of every event type. Bump one and register an upcaster for it.
+SCHEMA: dict[str, int] = {name: 1 for name in ev.EVENT_TYPES}
+
+_UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def upcaster(
+    type_name: str, from_schema: int
+) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]], Callable[[dict[str, Any]], dict[str, Any]]]:
+    """Register ``fn(data) -> data`` taking ``type_name`` from ``from_schema`` to the next."""
+
+    def register(
+        fn: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        _UPCASTERS[(type_name, from_schema)] = fn
+        return fn
+
+    return register
+
+
+def dumps(value: Any) -> str:
+    """Canonical JSON: sorted keys, no spaces, no NaN. Equal values give equal text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def check_payload(value: Any, path: str) -> Any:
+    """Return ``value`` as plain JSON data (tuples become lists), or raise PayloadError.
+
+    Raises:
+        PayloadError: naming the first place (e.g. ``input['items'][2]``) that is not a
+            JSON value: str, int, float (finite), bool, None, list, tuple, or dict with
+            str keys.
+    """
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise PayloadError(f"{value!r} has no JSON form", path=path)
+        return value
+    if isinstance(value, list | tuple):
+        return [check_payload(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise PayloadError(f"dict keys must be str, got {key!r}", path=path)
+            out[key] = check_payload(item, f"{path}[{key!r}]")
+        return out
+    raise PayloadError(
+        f"{type(value).__name__} is not JSON data (use str, int, float, bool, None, "
+        "list or dict)",
+        path=path,
+    )
+
+
+def encode_event(event: ev.Event) -> tuple[str, int, str]:
+    """``(type, schema, json)`` for storage."""
+    name = type(event).__name__
+    return name, SCHEMA[name], dumps(converter.unstructure(event))
+
+
+def decode_event(type_name: str, schema: int, data: str) -> ev.Event:
+    """The event stored as ``(type, schema, json)``.
+
+    Raises:
+        ValueError: the type is unknown, the schema is newer than this code knows, or the
+            data does not fit the type. Callers turn it into ``CorruptHistoryError``.
+    """
+    cls = ev.EVENT_TYPES.get(type_name)
+    if cls is None:
+        raise ValueError(f"unknown event type {type_name!r}")
+    if schema > SCHEMA[type_name]:
+        raise ValueError(f"{type_name} schema {schema} is newer than this code's {SCHEMA[type_name]}")
+    raw = json.loads(data)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{type_name} data is not a JSON object")
+    while schema < SCHEMA[type_name]:
+        raw = _UPCASTERS[(type_name, schema)](raw)
+        schema += 1
+    try:
+        event: ev.Event = converter.structure(raw, cls)
+    except (cattrs.BaseValidationError, TypeError, KeyError) as exc:
+        raise ValueError(f"{type_name} data does not fit: {exc}") from exc
+    return event

@@ -1,0 +1,234 @@
+"""Saga definitions: pure data, validated when built."""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from saga.errors import DefinitionError
+
+if TYPE_CHECKING:
+    from saga._runtime.context import StepContext
+
+__all__ = ["RetryPolicy", "SagaDefinition", "Step", "StepKind"]
+
+StepFn = Callable[["StepContext"], Awaitable[Any]]
+
+# Names end up in ids, idempotency keys, logs and the CLI: keep them boring.
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}")
+
+
+class StepKind(enum.Enum):
+    """Where a step stands relative to the point of no return.
+
+    A valid saga is ``compensatable* pivot? retriable*``: compensatable steps can be undone;
+    the pivot is the go/no-go step (it cannot be undone; once it completes the saga only goes
+    forward); retriable steps come after it and are retried until they succeed.
+    """
+
+    COMPENSATABLE = "compensatable"
+    PIVOT = "pivot"
+    RETRIABLE = "retriable"
+
+
+def _check_positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise DefinitionError(f"RetryPolicy.{attribute.name} must be > 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How often, and how far apart, a step's attempts are made.
+
+    Attributes:
+        max_attempts: attempts in all, the first try included; ``None`` retries forever.
+        initial_interval: seconds before the first retry.
+        multiplier: each later interval is the previous one times this.
+        max_interval: the interval never exceeds this many seconds.
+        jitter: each interval is moved by up to this fraction of itself, deterministically
+            per (saga, step, attempt), so that replay gives the same schedule.
+        non_retryable: exception types that fail the step at once.
+    """
+
+    max_attempts: int | None = 3
+    initial_interval: float = attrs.field(default=1.0, validator=_check_positive)
+    multiplier: float = attrs.field(default=2.0, validator=_check_positive)
+    max_interval: float = attrs.field(default=60.0, validator=_check_positive)
+    jitter: float = 0.1
+    non_retryable: tuple[type[BaseException], ...] = attrs.field(default=(), converter=tuple)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_attempts is not None and (
+            not isinstance(self.max_attempts, int) or self.max_attempts < 1
+        ):
+            raise DefinitionError(
+                f"RetryPolicy.max_attempts must be an int >= 1 or None, got {self.max_attempts!r}"
+            )
+        if not 0 <= self.jitter <= 1:
+            raise DefinitionError(f"RetryPolicy.jitter must be within [0, 1], got {self.jitter!r}")
+        for exc_type in self.non_retryable:
+            if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
+                raise DefinitionError(
+                    f"RetryPolicy.non_retryable must hold exception types, got {exc_type!r}"
+                )
+
+    def interval(self, failed_attempt: int, *, spread: float) -> float:
+        """Seconds to wait after attempt ``failed_attempt`` (1-based) failed.
+
+        ``spread`` in [-1, 1] picks where in the jitter band the interval lands.
+        """
+        base = min(
+            self.initial_interval * self.multiplier ** (failed_attempt - 1), self.max_interval
+        )
+        return max(0.0, base * (1 + self.jitter * spread))
+
+    def allows(self, next_attempt: int) -> bool:
+        return self.max_attempts is None or next_attempt <= self.max_attempts
+
+
+FOREVER = RetryPolicy(max_attempts=None)
+
+
+@attrs.frozen(kw_only=True)
+class Step:
+    """One step of a saga: a forward action and, optionally, its compensation.
+
+    Both are ``async def f(ctx: StepContext) -> result``. The action's result is recorded
+    and handed to later steps (``ctx.results``) and to this step's compensation
+    (``ctx.result``).
+
+    Attributes:
+        name: unique within the saga.
+        action: the forward action.
+        compensation: undoes the action; only compensatable steps may have one.
+        kind: compensatable (default), pivot or retriable.
+        retry: retry policy of the action. Retriable steps retry forever whatever it says
+            of ``max_attempts``.
+        compensation_retry: retry policy of the compensation.
+        timeout: seconds one attempt may take (action or compensation); ``None`` is no limit.
+    """
+
+    name: str
+    action: StepFn
+    compensation: StepFn | None = None
+    kind: StepKind = StepKind.COMPENSATABLE
+    retry: RetryPolicy = RetryPolicy()
+    compensation_retry: RetryPolicy = RetryPolicy(max_attempts=10)
+    timeout: float | None = None
+
+    @property
+    def action_policy(self) -> RetryPolicy:
+        if self.kind is StepKind.RETRIABLE:
+            return attrs.evolve(self.retry, max_attempts=None)
+        return self.retry
+
+
+def _check_fn(saga: str, step: str, what: str, fn: object) -> None:
+    if not callable(fn):
+        raise DefinitionError(f"{what} must be an async function, got {fn!r}", saga=saga, step=step)
+    target = getattr(fn, "func", fn)  # functools.partial
+    if not (
+        inspect.iscoroutinefunction(target)
+        or inspect.iscoroutinefunction(getattr(target, "__call__", None))
+    ):
+        raise DefinitionError(
+            f"{what} must be an async function (async def), got {fn!r}", saga=saga, step=step
+        )
+
+
+@attrs.frozen
+class SagaDefinition:
+    """A named, versioned saga: an ordered list of steps.
+
+    Raises:
+        DefinitionError: at construction, if the name, version or steps are invalid.
+    """
+
+    name: str
+    steps: tuple[Step, ...] = attrs.field(converter=tuple)
+    version: int = attrs.field(default=1, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise DefinitionError(
+                f"saga name must match {_NAME.pattern}, got {self.name!r}", saga=str(self.name)
+            )
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
+            raise DefinitionError(
+                f"version must be an int >= 1, got {self.version!r}", saga=self.name
+            )
+        if not self.steps:
+            raise DefinitionError("a saga needs at least one step", saga=self.name)
+        seen: set[str] = set()
+        phase = 0  # 0: compensatable, 1: pivot seen, 2: retriable
+        for step in self.steps:
+            self._check_step(step, seen)
+            rank = {StepKind.COMPENSATABLE: 0, StepKind.PIVOT: 1, StepKind.RETRIABLE: 2}[step.kind]
+            if rank < phase or (rank == 1 and phase == 1):
+                raise DefinitionError(
+                    f"step {step.name!r} is {step.kind.value} but follows a "
+                    f"{'pivot' if phase == 1 else 'retriable'} step: steps must be "
+                    "compensatable*, at most one pivot, then retriable*",
+                    saga=self.name,
+                    step=step.name,
+                )
+            phase = rank
+
+    def _check_step(self, step: object, seen: set[str]) -> None:
+        if not isinstance(step, Step):
+            raise DefinitionError(f"steps must be Step objects, got {step!r}", saga=self.name)
+        if not isinstance(step.name, str) or not _NAME.fullmatch(step.name):
+            raise DefinitionError(
+                f"step name must match {_NAME.pattern}, got {step.name!r}", saga=self.name
+            )
+        if step.name in seen:
+            raise DefinitionError(
+                f"duplicate step name {step.name!r}", saga=self.name, step=step.name
+            )
+        seen.add(step.name)
+        if not isinstance(step.kind, StepKind):
+            raise DefinitionError(
+                f"kind must be a StepKind, got {step.kind!r}", saga=self.name, step=step.name
+            )
+        _check_fn(self.name, step.name, "action", step.action)
+        if step.compensation is not None:
+            if step.kind is not StepKind.COMPENSATABLE:
+                raise DefinitionError(
+                    f"a {step.kind.value} step cannot have a compensation: it is never undone",
+                    saga=self.name,
+                    step=step.name,
+                )
+            _check_fn(self.name, step.name, "compensation", step.compensation)
+        for policy in (step.retry, step.compensation_retry):
+            if not isinstance(policy, RetryPolicy):
+                raise DefinitionError(
+                    f"retry policies must be RetryPolicy objects, got {policy!r}",
+                    saga=self.name,
+                    step=step.name,
+                )
+        if step.timeout is not None and not (
+            isinstance(step.timeout, int | float) and step.timeout > 0
+        ):
+            raise DefinitionError(
+                f"timeout must be a number of seconds > 0 or None, got {step.timeout!r}",
+                saga=self.name,
+                step=step.name,
+            )
+
+    def step(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+    def index(self, name: str) -> int:
+        for i, step in enumerate(self.steps):
+            if step.name == name:
+                return i
+        raise KeyError(name)
+

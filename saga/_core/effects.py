@@ -1,0 +1,44 @@
+"""Effects: what the decider asks the runtime to do once its events are committed."""
+
+from __future__ import annotations
+
+import attrs
+
+from saga._core.events import Phase
+from saga._core.state import Status
+
+__all__ = ["AbortAttempt", "Effect", "Finish", "RunAttempt"]
+
+
+@attrs.frozen(kw_only=True)
+class RunAttempt:
+    """Run one attempt of a step's action or compensation, not before ``run_after``."""
+
+    phase: Phase
+    step: str
+    attempt: int
+    idempotency_key: str
+    run_after: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class AbortAttempt:
+    """Drop an attempt that has not begun yet (it is waiting out its backoff).
+
+    An attempt that has begun runs on and reports as usual; one that is dropped reports a
+    non-retryable failure, so that every scheduled attempt gets exactly one outcome.
+    """
+
+    phase: Phase
+    step: str
+    attempt: int
+
+
+@attrs.frozen(kw_only=True)
+class Finish:
+    """The instance reached a terminal status: resolve whoever waits for it."""
+
+    status: Status
+
+
+Effect = RunAttempt | AbortAttempt | Finish

@@ -1,0 +1,63 @@
+"""Messages an instance's decider takes in, in the imperative."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from saga._core.events import ErrorInfo, Phase
+
+__all__ = [
+    "CancelSaga",
+    "CompleteAttempt",
+    "FailAttempt",
+    "Message",
+    "ResumeSaga",
+    "StartSaga",
+    "SuspendSaga",
+]
+
+
+@attrs.frozen(kw_only=True)
+class StartSaga:
+    input: Any
+
+
+@attrs.frozen(kw_only=True)
+class CompleteAttempt:
+    """An attempt returned; ``result`` is its (already JSON-checked) return value."""
+
+    phase: Phase
+    step: str
+    attempt: int
+    result: Any = None
+
+
+@attrs.frozen(kw_only=True)
+class FailAttempt:
+    """An attempt raised, timed out or was aborted before it began."""
+
+    phase: Phase
+    step: str
+    attempt: int
+    error: ErrorInfo
+    retryable: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class CancelSaga:
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class SuspendSaga:
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class ResumeSaga:
+    pass
+
+
+Message = StartSaga | CompleteAttempt | FailAttempt | CancelSaga | SuspendSaga | ResumeSaga

@@ -1,0 +1,1 @@
+"""The imperative shell: actors, supervisors, step runners and the coordinator."""

@@ -1,0 +1,220 @@
+"""One actor per live instance: a mailbox, one message at a time, commit before emit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import attrs
+
+from saga._core import messages as msg
+from saga._core.codec import check_payload
+from saga._core.decide import Decision, decide, outstanding
+from saga._core.definition import SagaDefinition
+from saga._core.effects import AbortAttempt, Effect, Finish, RunAttempt
+from saga._core.events import ErrorInfo, Phase
+from saga._core.state import SagaState, Status
+from saga._runtime.context import StepContext
+from saga._runtime.history import transition
+from saga.errors import CommandRejected, PayloadError, SagaError, StepTimeoutError
+
+if TYPE_CHECKING:
+    from saga._runtime.coordinator import Coordinator
+
+__all__ = ["Actor", "Envelope"]
+
+log = logging.getLogger("saga")
+
+MAILBOX_SIZE = 64
+
+
+@attrs.define(eq=False)
+class Envelope:
+    """A message, and for commands a place for the caller to hear the outcome."""
+
+    message: msg.Message
+    replied: anyio.Event | None = None
+    error: Exception | None = None
+
+    def reply(self, error: Exception | None = None) -> None:
+        if self.replied is not None and not self.replied.is_set():
+            self.error = error
+            self.replied.set()
+
+
+@attrs.define(eq=False)
+class _Pending:
+    """An attempt a runner holds: it can be aborted until it begins."""
+
+    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+    began: bool = False
+
+
+class Actor:
+    """Drives one instance. Its mailbox outlives crashes; each incarnation is one ``run``."""
+
+    def __init__(self, coordinator: Coordinator, saga_id: str, definition: SagaDefinition) -> None:
+        self.coordinator = coordinator
+        self.saga_id = saga_id
+        self.definition = definition
+        self.send, self._receive = anyio.create_memory_object_stream[Envelope](MAILBOX_SIZE)
+        self.state: SagaState | None = None
+        self._attempts: dict[tuple[Phase, str, int], _Pending] = {}
+
+    @property
+    def done(self) -> bool:
+        """Nothing more will happen here: terminal, or parked for an operator."""
+        return self.state is not None and (
+            self.state.status.terminal or self.state.status is Status.SUSPENDED
+        )
+
+    async def run(self, boot: Decision | None) -> None:
+        """One incarnation: rebuild (unless booted), re-issue work, then handle messages.
+
+        Returns when the instance is done; any exception is the supervisor's to handle.
+        Attempt runners live in this incarnation's task group and die with it.
+        """
+        async with anyio.create_task_group() as tg:
+            if boot is None:
+                self.state = await self.coordinator.load_state(self.saga_id)
+                effects: tuple[Effect, ...] = outstanding(self.state)
+            else:
+                self.state, effects = boot.state, boot.effects
+            self._emit(tg, effects)
+            while not self.done:
+                envelope = await self._receive.receive()
+                try:
+                    await self._handle(tg, envelope)
+                except BaseException as exc:
+                    envelope.reply(exc if isinstance(exc, Exception) else None)
+                    raise
+            tg.cancel_scope.cancel()  # stale runners, if any, have nothing left to report to
+
+    def refuse_queued(self) -> None:
+        """Commands still queued when the actor stops hear that it stopped."""
+        status = self.state.status.value if self.state is not None else "unknown"
+        while True:
+            try:
+                envelope = self._receive.receive_nowait()
+            except anyio.WouldBlock:
+                return
+            envelope.reply(
+                CommandRejected(
+                    self.saga_id,
+                    command=type(envelope.message).__name__,
+                    status=status,
+                    reason="the instance stopped running here before handling it",
+                )
+            )
+
+    async def _handle(self, tg: anyio.abc.TaskGroup, envelope: Envelope) -> None:
+        state = self.state
+        assert state is not None
+        coordinator = self.coordinator
+        now = coordinator.clock.now()
+        try:
+            decision = decide(self.definition, state, envelope.message, now)
+        except SagaError as exc:  # a command that does not apply: the caller hears why
+            envelope.reply(exc)
+            return
+        if decision.events:
+            await coordinator.commit(transition(state.sequence, decision, at=now))
+        self.state = decision.state
+        envelope.reply()
+        self._emit(tg, decision.effects)
+
+    def _emit(self, tg: anyio.abc.TaskGroup, effects: tuple[Effect, ...]) -> None:
+        for effect in effects:
+            match effect:
+                case RunAttempt():
+                    pending = _Pending()
+                    self._attempts[(effect.phase, effect.step, effect.attempt)] = pending
+                    tg.start_soon(self._attempt, effect, pending)
+                case AbortAttempt(phase=phase, step=step, attempt=n):
+                    held = self._attempts.get((phase, step, n))
+                    if held is not None and not held.began:
+                        held.scope.cancel()
+                case Finish(status=status):
+                    self.coordinator.finished(self.saga_id, status)
+
+    async def _attempt(self, effect: RunAttempt, pending: _Pending) -> None:
+        """Run one attempt and report its outcome to the mailbox."""
+        outcome: msg.Message | None = None
+        try:
+            with pending.scope:
+                if effect.run_after is not None:
+                    await self.coordinator.clock.sleep_until(effect.run_after)
+                async with self.coordinator.limiter:
+                    pending.began = True
+                    outcome = await self._call(effect)
+        finally:
+            self._attempts.pop((effect.phase, effect.step, effect.attempt), None)
+        if outcome is None:  # aborted before it began
+            outcome = msg.FailAttempt(
+                phase=effect.phase,
+                step=effect.step,
+                attempt=effect.attempt,
+                error=ErrorInfo("saga.Aborted", "dropped before it began: the saga was cancelled"),
+                retryable=False,
+            )
+        await self.send.send(Envelope(outcome))
+
+    async def _call(self, effect: RunAttempt) -> msg.Message:
+        state = self.state
+        assert state is not None
+        step = self.definition.step(effect.step)
+        compensating = effect.phase is Phase.COMPENSATION
+        fn = step.compensation if compensating else step.action
+        policy = step.compensation_retry if compensating else step.action_policy
+        assert fn is not None
+        ctx = StepContext(
+            saga_id=self.saga_id,
+            saga=self.definition.name,
+            step=step.name,
+            phase=effect.phase,
+            attempt=effect.attempt,
+            idempotency_key=effect.idempotency_key,
+            input=state.input,
+            results=dict(state.results),
+        )
+        try:
+            if compensating:
+                # A compensation that has begun runs to its end (or its timeout) even while
+                # the coordinator shuts down: half an undo is the worst state to leave.
+                with anyio.CancelScope(shield=True):
+                    result = await _timed(fn, ctx, step.timeout)
+            else:
+                result = await _timed(fn, ctx, step.timeout)
+            result = check_payload(result, f"result of {effect.phase.value} {step.name!r}")
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:  # the step's own failure: recorded, retried per policy
+            # A result with no JSON form will not get one by trying again.
+            retryable = not isinstance(exc, (*policy.non_retryable, PayloadError))
+            log.info(
+                "saga %s: %s of %s, attempt %d, failed: %r",
+                self.saga_id, effect.phase.value, step.name, effect.attempt, exc,
+            )
+            return msg.FailAttempt(
+                phase=effect.phase,
+                step=effect.step,
+                attempt=effect.attempt,
+                error=ErrorInfo.of(exc),
+                retryable=retryable,
+            )
+        return msg.CompleteAttempt(
+            phase=effect.phase, step=effect.step, attempt=effect.attempt, result=result
+        )
+
+
+async def _timed(
+    fn: Callable[[StepContext], Awaitable[Any]], ctx: StepContext, timeout: float | None
+) -> Any:
+    if timeout is None:
+        return await fn(ctx)
+    with anyio.move_on_after(timeout):
+        return await fn(ctx)
+    raise StepTimeoutError(ctx.saga_id, step=ctx.step, attempt=ctx.attempt, timeout=timeout)

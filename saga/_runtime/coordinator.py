@@ -1,0 +1,436 @@
+"""The coordinator: registry of definitions, owner of actors, the public entry points."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import anyio
+import anyio.abc
+import attrs
+
+from saga._core import messages as msg
+from saga._core.codec import check_payload, dumps, encode_event
+from saga._core.decide import Decision, decide, start
+from saga._core.definition import SagaDefinition
+from saga._core.events import SagaSuspended
+from saga._core.state import SagaState, Status
+from saga._runtime.actor import Actor, Envelope
+from saga._runtime.clock import Clock, SystemClock
+from saga._runtime.handle import SagaHandle, SagaOutcome
+from saga._runtime.history import RecordedEvent, decode_history, replay, transition
+from saga._store.port import EventRecord, NewInstance, Store, Transition
+from saga.errors import (
+    ConflictError,
+    DefinitionError,
+    InvalidSagaIdError,
+    NotFoundError,
+    StartConflictError,
+    StoreUnavailableError,
+    UnknownSagaError,
+)
+
+__all__ = ["Coordinator", "SupervisionPolicy"]
+
+log = logging.getLogger("saga")
+
+#: Statuses whose instances have an actor working on them.
+ACTIVE = (Status.RUNNING.value, Status.COMPENSATING.value)
+
+
+@attrs.frozen(kw_only=True)
+class SupervisionPolicy:
+    """How a crashed actor is restarted.
+
+    A crash is any exception escaping an actor (a bug, a corrupt history, a store
+    conflict). The actor is rebuilt from history after a backoff; more than
+    ``max_restarts`` crashes within ``within`` seconds park the instance as ``suspended``
+    with the reason recorded. An unavailable store does not count against the budget: it is
+    retried with backoff for as long as it takes.
+    """
+
+    max_restarts: int = 5
+    within: float = 60.0
+    initial_backoff: float = 0.05
+    max_backoff: float = 5.0
+
+    def backoff(self, restart: int) -> float:
+        return float(min(self.initial_backoff * 2 ** max(restart - 1, 0), self.max_backoff))
+
+
+def _check_id(saga_id: object) -> str:
+    if not isinstance(saga_id, str):
+        raise InvalidSagaIdError(saga_id, reason=f"must be a str, not {type(saga_id).__name__}")
+    if not saga_id or len(saga_id) > 200:
+        raise InvalidSagaIdError(saga_id, reason="must have 1 to 200 characters")
+    if not saga_id.isprintable():
+        raise InvalidSagaIdError(saga_id, reason="must not contain control characters")
+    return saga_id
+
+
+class Coordinator:
+    """Runs saga instances on a store, inside the caller's event loop (asyncio or trio).
+
+    Use as an async context manager. On entry it recovers every running or compensating
+    instance in the store (rebuilding it from history and re-issuing its outstanding work);
+    on exit it cancels its actors, letting compensations that have begun finish.
+
+    Args:
+        store: where instances, histories and work items are kept.
+        sagas: the definitions this coordinator can run. Several versions of one saga may
+            be registered; new instances take the newest.
+        max_concurrent_steps: how many step attempts run at once, across all instances.
+        supervision: how crashed actors are restarted.
+        clock: the source of wall-clock time (tests bring a virtual one).
+        recover: rebuild and resume the store's unfinished instances on entry.
+
+    Raises:
+        DefinitionError: two different definitions share a name and version.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        sagas: Iterable[SagaDefinition],
+        *,
+        max_concurrent_steps: int = 100,
+        supervision: SupervisionPolicy = SupervisionPolicy(),
+        clock: Clock | None = None,
+        recover: bool = True,
+    ) -> None:
+        self.store = store
+        self.clock: Clock = clock or SystemClock()
+        self.limiter = anyio.CapacityLimiter(max_concurrent_steps)
+        self.supervision = supervision
+        self._recover_on_enter = recover
+        self._definitions: dict[tuple[str, int], SagaDefinition] = {}
+        self._newest: dict[str, SagaDefinition] = {}
+        for definition in sagas:
+            self._register(definition)
+        self._actors: dict[str, Actor] = {}
+        self._waiters: dict[str, anyio.Event] = {}
+        self._task_group: anyio.abc.TaskGroup | None = None
+        #: Counters an operator (or a test) can read.
+        self.restarts = 0
+        self.conflicts = 0
+
+    def _register(self, definition: SagaDefinition) -> None:
+        if not isinstance(definition, SagaDefinition):
+            raise DefinitionError(f"sagas must be SagaDefinition objects, got {definition!r}")
+        key = (definition.name, definition.version)
+        known = self._definitions.get(key)
+        if known is not None and known is not definition:
+            raise DefinitionError(
+                f"two different definitions of {definition.name!r} v{definition.version}",
+                saga=definition.name,
+            )
+        self._definitions[key] = definition
+        newest = self._newest.get(definition.name)
+        if newest is None or newest.version < definition.version:
+            self._newest[definition.name] = definition
+
+    def definition(self, name: str, version: int | None = None) -> SagaDefinition:
+        """The registered definition ``name`` (the newest, or ``version``).
+
+        Raises:
+            UnknownSagaError: none is registered.
+        """
+        found = (
+            self._newest.get(name) if version is None else self._definitions.get((name, version))
+        )
+        if found is None:
+            raise UnknownSagaError(name, version=version)
+        return found
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def __aenter__(self) -> Coordinator:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        try:
+            if self._recover_on_enter:
+                await self.recover()
+        except BaseException as exc:
+            self._task_group.cancel_scope.cancel()
+            await self._task_group.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        assert self._task_group is not None, "Coordinator exited without being entered"
+        self._task_group.cancel_scope.cancel()
+        try:
+            # The body's own exception is not handed to the task group: it propagates
+            # as it was raised, not wrapped in an exception group.
+            await self._task_group.__aexit__(None, None, None)
+        finally:
+            self._task_group = None
+            self._actors.clear()
+
+    async def recover(self) -> int:
+        """Start an actor for every running or compensating instance that has none here.
+
+        Returns how many were started. Instances whose definition is not registered here
+        are left as they are (and logged), for a process that has it.
+        """
+        started = 0
+        for row in await self.store.instances(statuses=ACTIVE):
+            if row.saga_id in self._actors:
+                continue
+            definition = self._definitions.get((row.saga, row.version))
+            if definition is None:
+                log.warning(
+                    "saga %s: definition %s v%d is not registered here; left as it is",
+                    row.saga_id, row.saga, row.version,
+                )
+                continue
+            self._spawn(row.saga_id, definition, None)
+            started += 1
+        return started
+
+    # -- public entry points ---------------------------------------------------------
+
+    async def start(
+        self, saga: SagaDefinition | str, saga_id: str, input: Any = None
+    ) -> SagaHandle:
+        """Start instance ``saga_id`` of ``saga`` with ``input``; durable when it returns.
+
+        Idempotent: starting an existing id with the same saga and input returns a handle
+        on the existing instance (and resumes it here if nobody runs it).
+
+        Raises:
+            UnknownSagaError: ``saga`` is not registered with this coordinator.
+            InvalidSagaIdError: ``saga_id`` is not a usable id.
+            PayloadError: ``input`` is not JSON data.
+            StartConflictError: ``saga_id`` exists with another saga or another input.
+        """
+        definition = self._resolve(saga)
+        _check_id(saga_id)
+        payload = check_payload(input, "input")
+        encoded = dumps(payload)
+        self._require_running()
+        now = self.clock.now()
+        decision = start(definition, saga_id, msg.StartSaga(input=payload))
+        existing = await self.store.create(
+            NewInstance(
+                saga=definition.name,
+                version=definition.version,
+                input=encoded,
+                transition=transition(0, decision, at=now),
+            )
+        )
+        if existing is None:
+            self._spawn(saga_id, definition, decision)
+            return SagaHandle(saga_id, self)
+        if existing.saga != definition.name:
+            raise StartConflictError(
+                saga_id, reason=f"it is an instance of {existing.saga!r}, not {definition.name!r}"
+            )
+        if existing.input != encoded:
+            raise StartConflictError(saga_id, reason="it was started with a different input")
+        if existing.status in ACTIVE and saga_id not in self._actors:
+            self._spawn(saga_id, self.definition(existing.saga, existing.version), None)
+        return SagaHandle(saga_id, self)
+
+    def handle(self, saga_id: str) -> SagaHandle:
+        """A handle on an instance that was started earlier (no I/O; it may not exist)."""
+        return SagaHandle(_check_id(saga_id), self)
+
+    async def cancel(self, saga_id: str, reason: str = "cancelled") -> None:
+        """Ask an instance to stop: it compensates what it completed and ends ``cancelled``.
+
+        Durable when it returns. The step attempt in flight, if it has begun, finishes first
+        (its effect must be known before it can be undone). Cancelling an instance that is
+        already compensating changes nothing.
+
+        Raises:
+            NotFoundError: there is no such instance.
+            CommandRejected: it has finished, is suspended, or is past its pivot step.
+        """
+        await self._command(saga_id, msg.CancelSaga(reason=str(reason)))
+
+    async def resume(self, saga_id: str) -> None:
+        """Resume a suspended instance: it is rebuilt from history and goes on.
+
+        Raises:
+            NotFoundError: there is no such instance.
+            CommandRejected: it is not suspended.
+        """
+        actor = await self._actor_for(saga_id, resuming=True)
+        await self._deliver(actor, msg.ResumeSaga())
+        if not actor.done:
+            self._spawn_actor(actor, None)
+
+    async def status(self, saga_id: str) -> Status:
+        row = await self.store.instance(_check_id(saga_id))
+        if row is None:
+            raise NotFoundError(saga_id)
+        return Status(row.status)
+
+    async def history(self, saga_id: str) -> list[RecordedEvent]:
+        records = await self.store.history(_check_id(saga_id))
+        if not records:
+            raise NotFoundError(saga_id)
+        return decode_history(saga_id, records)
+
+    async def load_state(self, saga_id: str) -> SagaState:
+        """The instance's state, replayed from its history and checked against its row."""
+        row = await self.store.instance(_check_id(saga_id))
+        if row is None:
+            raise NotFoundError(saga_id)
+        return replay(saga_id, await self.store.history(saga_id), row)
+
+    async def wait(self, saga_id: str) -> SagaOutcome:
+        """Wait until the instance is terminal; see ``SagaHandle.outcome``."""
+        while True:
+            # Register before reading, so a finish between the two is not missed.
+            event = self._waiters.setdefault(saga_id, anyio.Event())
+            state = await self.load_state(saga_id)
+            if state.status.terminal:
+                return SagaOutcome.of(state)
+            await event.wait()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _resolve(self, saga: SagaDefinition | str) -> SagaDefinition:
+        if isinstance(saga, str):
+            return self.definition(saga)
+        if isinstance(saga, SagaDefinition):
+            if self._definitions.get((saga.name, saga.version)) is not saga:
+                raise UnknownSagaError(saga.name, version=saga.version)
+            return saga
+        raise TypeError(f"saga must be a SagaDefinition or a registered name, got {saga!r}")
+
+    def _require_running(self) -> anyio.abc.TaskGroup:
+        if self._task_group is None:
+            raise RuntimeError("the Coordinator is not running: use 'async with Coordinator(...)'")
+        return self._task_group
+
+    async def _command(self, saga_id: str, message: msg.Message) -> None:
+        await self._deliver(await self._actor_for(saga_id), message)
+
+    async def _actor_for(self, saga_id: str, *, resuming: bool = False) -> Actor:
+        """The live actor of ``saga_id``; a passive one, for a command, if none is live."""
+        actor = self._actors.get(_check_id(saga_id))
+        if actor is not None:
+            return actor
+        row = await self.store.instance(saga_id)
+        if row is None:
+            raise NotFoundError(saga_id)
+        actor = Actor(self, saga_id, self.definition(row.saga, row.version))
+        actor.state = await self.load_state(saga_id)
+        if row.status in ACTIVE and not resuming:
+            self._spawn_actor(actor, None)
+        return actor
+
+    async def _deliver(self, actor: Actor, message: msg.Message) -> None:
+        """Have ``actor`` handle a command; return when its outcome is durable."""
+        if actor.saga_id in self._actors:
+            envelope = Envelope(message, anyio.Event())
+            await actor.send.send(envelope)
+            assert envelope.replied is not None
+            await envelope.replied.wait()
+            if envelope.error is not None:
+                raise envelope.error
+            return
+        # Nobody runs it (finished or suspended): decide and commit here.
+        assert actor.state is not None
+        now = self.clock.now()
+        decision = decide(actor.definition, actor.state, message, now)
+        if decision.events:
+            await self.commit(transition(actor.state.sequence, decision, at=now))
+        actor.state = decision.state
+
+    def _spawn(self, saga_id: str, definition: SagaDefinition, boot: Decision | None) -> None:
+        if saga_id in self._actors:  # a concurrent start or recovery got there first
+            return
+        self._spawn_actor(Actor(self, saga_id, definition), boot)
+
+    def _spawn_actor(self, actor: Actor, boot: Decision | None) -> None:
+        self._actors[actor.saga_id] = actor
+        self._require_running().start_soon(self._supervise, actor, boot)
+
+    async def _supervise(self, actor: Actor, boot: Decision | None) -> None:
+        """Run ``actor`` until it is done, restarting it from history when it crashes."""
+        policy = self.supervision
+        crashes: list[float] = []
+        unavailable = 0
+        try:
+            while True:
+                try:
+                    await actor.run(boot)
+                    return
+                except Exception as exc:  # noqa: BLE001 - a crash: the supervisor's business
+                    boot = None
+                    error = _unwrap(exc)
+                    self.restarts += 1
+                    if isinstance(error, StoreUnavailableError):
+                        unavailable += 1
+                        delay = policy.backoff(unavailable)
+                        log.warning("saga %s: store unavailable (%s); retry in %.2fs",
+                                    actor.saga_id, error, delay)
+                        await anyio.sleep(delay)
+                        continue
+                    unavailable = 0
+                    now = anyio.current_time()
+                    crashes = [t for t in crashes if now - t < policy.within] + [now]
+                    if len(crashes) > policy.max_restarts:
+                        await self._park(actor, f"{len(crashes)} crashes in {policy.within}s; "
+                                                f"last: {type(error).__name__}: {error}")
+                        return
+                    delay = policy.backoff(len(crashes))
+                    log.warning("saga %s: actor crashed (%r); restart in %.2fs",
+                                actor.saga_id, error, delay)
+                    await anyio.sleep(delay)
+        finally:
+            if self._actors.get(actor.saga_id) is actor:
+                del self._actors[actor.saga_id]
+            actor.refuse_queued()
+
+    async def _park(self, actor: Actor, reason: str) -> None:
+        """Suspend the instance for an operator, without needing its history to decode."""
+        log.error("saga %s: suspended: %s", actor.saga_id, reason)
+        row = await self.store.instance(actor.saga_id)
+        if row is None or row.status not in ACTIVE:
+            return
+        at = self.clock.now()
+        type_name, schema, data = encode_event(SagaSuspended(reason=reason))
+        event = EventRecord(
+            saga_id=actor.saga_id,
+            sequence=row.sequence + 1,
+            type=type_name,
+            schema=schema,
+            data=data,
+            recorded_at=at,
+        )
+        await self.commit(
+            Transition(
+                saga_id=actor.saga_id,
+                expected_sequence=row.sequence,
+                events=(event,),
+                status=Status.SUSPENDED.value,
+                at=at,
+            )
+        )
+
+    async def commit(self, t: Transition) -> None:
+        try:
+            await self.store.commit(t)
+        except ConflictError:
+            self.conflicts += 1
+            raise
+
+    def finished(self, saga_id: str, status: Status) -> None:
+        """An actor reached a terminal status: wake whoever waits for it."""
+        event = self._waiters.pop(saga_id, None)
+        if event is not None:
+            event.set()
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-member exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+

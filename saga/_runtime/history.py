@@ -1,0 +1,128 @@
+"""Between decisions and store records: encoding transitions, decoding histories."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from saga._core import events as ev
+from saga._core.codec import decode_event, encode_event
+from saga._core.decide import Decision
+from saga._core.events import Phase
+from saga._core.state import SagaState, fold
+from saga._store.port import EventRecord, InstanceRecord, TaskRecord, Transition
+from saga.errors import CorruptHistoryError
+
+__all__ = ["RecordedEvent", "decode_history", "replay", "task_id", "transition"]
+
+
+@attrs.frozen(kw_only=True)
+class RecordedEvent:
+    """One event of an instance's history, as read back from the store."""
+
+    sequence: int
+    recorded_at: float
+    event: Any
+
+
+def task_id(saga_id: str, phase: Phase, step: str, attempt: int) -> str:
+    return f"{saga_id}/{phase.value}/{step}/{attempt}"
+
+
+def _work(saga_id: str, events: Sequence[ev.Event]) -> tuple[tuple[TaskRecord, ...], tuple[str, ...]]:
+    """The work items the events create, and the ids of those they settle."""
+    new: list[TaskRecord] = []
+    done: list[str] = []
+    for event in events:
+        match event:
+            case ev.StepScheduled() | ev.CompensationScheduled():
+                phase = Phase.ACTION if isinstance(event, ev.StepScheduled) else Phase.COMPENSATION
+                new.append(
+                    TaskRecord(
+                        task_id=task_id(saga_id, phase, event.step, event.attempt),
+                        saga_id=saga_id,
+                        kind=phase.value,
+                        step=event.step,
+                        attempt=event.attempt,
+                        run_after=event.run_after,
+                    )
+                )
+            case ev.StepCompleted() | ev.StepFailed():
+                done.append(task_id(saga_id, Phase.ACTION, event.step, event.attempt))
+            case ev.CompensationCompleted() | ev.CompensationFailed():
+                done.append(task_id(saga_id, Phase.COMPENSATION, event.step, event.attempt))
+    return tuple(new), tuple(done)
+
+
+def transition(before: int, decision: Decision, *, at: float) -> Transition:
+    """The store transition of ``decision``, taken when the instance was at ``before``."""
+    saga_id = decision.state.saga_id
+    records = tuple(
+        EventRecord(
+            saga_id=saga_id,
+            sequence=before + i,
+            type=type_name,
+            schema=schema,
+            data=data,
+            recorded_at=at,
+        )
+        for i, (type_name, schema, data) in enumerate(map(encode_event, decision.events), 1)
+    )
+    new, done = _work(saga_id, decision.events)
+    return Transition(
+        saga_id=saga_id,
+        expected_sequence=before,
+        events=records,
+        status=decision.state.status.value,
+        at=at,
+        new_tasks=new,
+        done_tasks=done,
+    )
+
+
+def decode_history(saga_id: str, records: Sequence[EventRecord]) -> list[RecordedEvent]:
+    """Decoded events, checked to run 1, 2, 3... without a gap.
+
+    Raises:
+        CorruptHistoryError: a row cannot be decoded, or a sequence is missing.
+    """
+    out = []
+    for expected, record in enumerate(records, 1):
+        if record.sequence != expected:
+            raise CorruptHistoryError(
+                saga_id, sequence=expected, reason=f"gap: next stored sequence is {record.sequence}"
+            )
+        try:
+            event = decode_event(record.type, record.schema, record.data)
+        except ValueError as exc:
+            raise CorruptHistoryError(saga_id, sequence=expected, reason=str(exc)) from exc
+        out.append(RecordedEvent(sequence=expected, recorded_at=record.recorded_at, event=event))
+    return out
+
+
+def replay(
+    saga_id: str, records: Sequence[EventRecord], row: InstanceRecord | None = None
+) -> SagaState:
+    """The state a history leads to, checked against the instance row when given.
+
+    Raises:
+        CorruptHistoryError: the history does not decode, does not replay, or disagrees
+            with the instance row.
+    """
+    events = [r.event for r in decode_history(saga_id, records)]
+    if not events:
+        raise CorruptHistoryError(saga_id, sequence=1, reason="the history is empty")
+    try:
+        state = fold(saga_id, events)
+    except (ValueError, TypeError, AssertionError) as exc:
+        raise CorruptHistoryError(saga_id, sequence=1, reason=f"does not replay: {exc}") from exc
+    if row is not None and (row.sequence, row.status) != (state.sequence, state.status.value):
+        raise CorruptHistoryError(
+            saga_id,
+            sequence=state.sequence,
+            reason=f"replay gives {state.status.value} at {state.sequence}, "
+            f"the instance row says {row.status} at {row.sequence}",
+        )
+    return state

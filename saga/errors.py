@@ -1,0 +1,198 @@
+"""The exceptions saga raises, all rooted at :class:`SagaError`.
+
+Families:
+
+* :class:`DefinitionError`: a saga definition is invalid; raised when it is built.
+* :class:`PayloadError`: a value cannot be stored as JSON; raised before anything is written.
+* :class:`StoreError`: the store refused or failed a read or a write.
+* :class:`ExecutionError`: an instance cannot go on as its definition says.
+* :class:`CoordinatorError`: a call to the coordinator names something it cannot act on.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CommandRejected",
+    "ConflictError",
+    "CoordinatorError",
+    "CorruptHistoryError",
+    "DefinitionError",
+    "ExecutionError",
+    "InvalidSagaIdError",
+    "InvalidStoreURL",
+    "NotFoundError",
+    "PayloadError",
+    "SagaError",
+    "StartConflictError",
+    "StepTimeoutError",
+    "StoreError",
+    "StoreUnavailableError",
+    "UnknownSagaError",
+]
+
+
+class SagaError(Exception):
+    """Root of every exception this library raises on purpose."""
+
+
+# -- definitions and payloads -------------------------------------------------
+
+
+class DefinitionError(SagaError, ValueError):
+    """A saga definition is invalid. Raised when the definition is built.
+
+    Attributes:
+        saga: the saga's name, where known.
+        step: the offending step's name, where one is at fault.
+    """
+
+    def __init__(self, message: str, *, saga: str | None = None, step: str | None = None) -> None:
+        super().__init__(message)
+        self.saga = saga
+        self.step = step
+
+
+class PayloadError(SagaError, TypeError):
+    """A value cannot be encoded as JSON for the store.
+
+    Raised by ``start`` for the input and by a step attempt for its result, before
+    anything is written. ``path`` says where in the value the problem is, e.g.
+    ``input['when']``.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+# -- stores ---------------------------------------------------------------------
+
+
+class StoreError(SagaError):
+    """The store refused or failed an operation."""
+
+
+class InvalidStoreURL(StoreError, ValueError):
+    """A store URL is malformed or names a store that does not exist. Raised by ``open_store``."""
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(f"{message} (url: {url!r})")
+        self.url = url
+
+
+class ConflictError(StoreError):
+    """A commit expected a sequence the instance no longer has.
+
+    Raised by ``Store.commit`` when another writer (a duplicate or stale actor) got there
+    first. Nothing of the refused transition was written.
+    """
+
+    def __init__(self, saga_id: str, *, expected: int, actual: int | None) -> None:
+        super().__init__(
+            f"saga {saga_id!r}: commit expected sequence {expected}, store has {actual}"
+        )
+        self.saga_id = saga_id
+        self.expected = expected
+        self.actual = actual
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached or used right now; the operation may be retried."""
+
+
+class CorruptHistoryError(StoreError):
+    """A stored history cannot be decoded or has a gap.
+
+    Raised when an instance's history is read. The rows are left untouched for an operator.
+    """
+
+    def __init__(self, saga_id: str, *, sequence: int, reason: str) -> None:
+        super().__init__(f"saga {saga_id!r}: history corrupt at sequence {sequence}: {reason}")
+        self.saga_id = saga_id
+        self.sequence = sequence
+        self.reason = reason
+
+
+# -- execution ------------------------------------------------------------------
+
+
+class ExecutionError(SagaError):
+    """An instance cannot go on as its definition says."""
+
+
+class CommandRejected(ExecutionError):
+    """A command (cancel, resume) does not apply to the instance in its current state.
+
+    Raised by the coordinator's ``cancel`` and ``resume``; nothing was written.
+    """
+
+    def __init__(self, saga_id: str, *, command: str, status: str, reason: str) -> None:
+        super().__init__(f"saga {saga_id!r} is {status}: cannot {command}: {reason}")
+        self.saga_id = saga_id
+        self.command = command
+        self.status = status
+        self.reason = reason
+
+
+class StepTimeoutError(ExecutionError, TimeoutError):
+    """An attempt of a step's action or compensation ran past the step's ``timeout``.
+
+    Recorded as the attempt's failure; retried like any other error unless the step's
+    retry policy lists it as non-retryable.
+    """
+
+    def __init__(self, saga_id: str, *, step: str, attempt: int, timeout: float) -> None:
+        super().__init__(
+            f"saga {saga_id!r}: step {step!r} attempt {attempt} timed out after {timeout}s"
+        )
+        self.saga_id = saga_id
+        self.step = step
+        self.attempt = attempt
+        self.timeout = timeout
+
+
+# -- coordinator ----------------------------------------------------------------
+
+
+class CoordinatorError(SagaError):
+    """A call to the coordinator names something it cannot act on."""
+
+
+class UnknownSagaError(CoordinatorError, LookupError):
+    """No saga definition with this name (and version) is registered with the coordinator."""
+
+    def __init__(self, name: str, *, version: int | None = None) -> None:
+        what = name if version is None else f"{name} v{version}"
+        super().__init__(f"no saga definition {what!r} is registered")
+        self.name = name
+        self.version = version
+
+
+class NotFoundError(CoordinatorError, LookupError):
+    """No instance with this id exists in the store."""
+
+    def __init__(self, saga_id: str) -> None:
+        super().__init__(f"no saga instance {saga_id!r}")
+        self.saga_id = saga_id
+
+
+class StartConflictError(CoordinatorError):
+    """``start`` named an existing instance with a different saga or input.
+
+    Starting the same id with the same saga and input is idempotent; this is raised when
+    either differs. Nothing was written.
+    """
+
+    def __init__(self, saga_id: str, *, reason: str) -> None:
+        super().__init__(f"saga {saga_id!r} already exists: {reason}")
+        self.saga_id = saga_id
+        self.reason = reason
+
+
+class InvalidSagaIdError(CoordinatorError, ValueError):
+    """A saga id is not a non-empty str of at most 200 printable characters."""
+
+    def __init__(self, saga_id: object, *, reason: str) -> None:
+        super().__init__(f"invalid saga id {saga_id!r}: {reason}")
+        self.saga_id = saga_id
+        self.reason = reason

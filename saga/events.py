@@ -1,0 +1,41 @@
+"""The history event types, for reading an instance's history (``handle.history()``)."""
+
+from saga._core.events import (
+    CancelRequested,
+    CompensationCompleted,
+    CompensationFailed,
+    CompensationScheduled,
+    CompensationTriggered,
+    ErrorInfo,
+    Event,
+    SagaCancelled,
+    SagaCompensated,
+    SagaCompleted,
+    SagaFailed,
+    SagaResumed,
+    SagaStarted,
+    SagaSuspended,
+    StepCompleted,
+    StepFailed,
+    StepScheduled,
+)
+
+__all__ = [
+    "CancelRequested",
+    "CompensationCompleted",
+    "CompensationFailed",
+    "CompensationScheduled",
+    "CompensationTriggered",
+    "ErrorInfo",
+    "Event",
+    "SagaCancelled",
+    "SagaCompensated",
+    "SagaCompleted",
+    "SagaFailed",
+    "SagaResumed",
+    "SagaStarted",
+    "SagaSuspended",
+    "StepCompleted",
+    "StepFailed",
+    "StepScheduled",
+]
