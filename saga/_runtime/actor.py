@@ -93,13 +93,15 @@ class Actor:
                     raise
             tg.cancel_scope.cancel()  # stale runners, if any, have nothing left to report to
 
-    def refuse_queued(self) -> None:
-        """Commands still queued when the actor stops hear that it stopped."""
+    def close(self) -> None:
+        """Close the mailbox; commands still queued hear that the actor stopped."""
+        self.send.close()
         status = self.state.status.value if self.state is not None else "unknown"
         while True:
             try:
                 envelope = self._receive.receive_nowait()
-            except anyio.WouldBlock:
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                self._receive.close()
                 return
             envelope.reply(
                 CommandRejected(

@@ -257,10 +257,7 @@ class Coordinator:
             NotFoundError: there is no such instance.
             CommandRejected: it is not suspended.
         """
-        actor = await self._actor_for(saga_id, resuming=True)
-        await self._deliver(actor, msg.ResumeSaga())
-        if not actor.done:
-            self._spawn_actor(actor, None)
+        await self._command(saga_id, msg.ResumeSaga())
 
     async def status(self, saga_id: str) -> Status:
         row = await self.store.instance(_check_id(saga_id))
@@ -269,17 +266,18 @@ class Coordinator:
         return Status(row.status)
 
     async def history(self, saga_id: str) -> list[RecordedEvent]:
-        records = await self.store.history(_check_id(saga_id))
-        if not records:
+        loaded = await self.store.load(_check_id(saga_id))
+        if loaded is None:
             raise NotFoundError(saga_id)
-        return decode_history(saga_id, records)
+        return decode_history(saga_id, loaded[1])
 
     async def load_state(self, saga_id: str) -> SagaState:
         """The instance's state, replayed from its history and checked against its row."""
-        row = await self.store.instance(_check_id(saga_id))
-        if row is None:
+        loaded = await self.store.load(_check_id(saga_id))
+        if loaded is None:
             raise NotFoundError(saga_id)
-        return replay(saga_id, await self.store.history(saga_id), row)
+        row, records = loaded
+        return replay(saga_id, records, row)
 
     async def wait(self, saga_id: str) -> SagaOutcome:
         """Wait until the instance is terminal; see ``SagaHandle.outcome``."""
@@ -308,48 +306,43 @@ class Coordinator:
         return self._task_group
 
     async def _command(self, saga_id: str, message: msg.Message) -> None:
-        await self._deliver(await self._actor_for(saga_id), message)
-
-    async def _actor_for(self, saga_id: str, *, resuming: bool = False) -> Actor:
-        """The live actor of ``saga_id``; a passive one, for a command, if none is live."""
-        actor = self._actors.get(_check_id(saga_id))
-        if actor is not None:
-            return actor
-        row = await self.store.instance(saga_id)
-        if row is None:
-            raise NotFoundError(saga_id)
-        actor = Actor(self, saga_id, self.definition(row.saga, row.version))
-        actor.state = await self.load_state(saga_id)
-        if row.status in ACTIVE and not resuming:
-            self._spawn_actor(actor, None)
-        return actor
-
-    async def _deliver(self, actor: Actor, message: msg.Message) -> None:
-        """Have ``actor`` handle a command; return when its outcome is durable."""
-        if actor.saga_id in self._actors:
+        """Have the instance handle ``message``; return once its outcome is durable."""
+        _check_id(saga_id)
+        while True:
+            actor = self._actors.get(saga_id)
+            if actor is None:
+                row = await self.store.instance(saga_id)
+                if row is None:
+                    raise NotFoundError(saga_id)
+                definition = self.definition(row.saga, row.version)
+                if row.status not in ACTIVE:
+                    # Nobody runs it (finished or suspended): decide and commit here.
+                    state = await self.load_state(saga_id)
+                    now = self.clock.now()
+                    decision = decide(definition, state, message, now)
+                    if decision.events:
+                        await self.commit(transition(state.sequence, decision, at=now))
+                    if decision.state.status.value in ACTIVE:  # resumed
+                        self._spawn(saga_id, definition, None)
+                    return
+                actor = self._spawn(saga_id, definition, None)
             envelope = Envelope(message, anyio.Event())
-            await actor.send.send(envelope)
+            try:
+                await actor.send.send(envelope)
+            except anyio.ClosedResourceError:
+                continue  # it stopped meanwhile: ask the store again
             assert envelope.replied is not None
             await envelope.replied.wait()
             if envelope.error is not None:
                 raise envelope.error
             return
-        # Nobody runs it (finished or suspended): decide and commit here.
-        assert actor.state is not None
-        now = self.clock.now()
-        decision = decide(actor.definition, actor.state, message, now)
-        if decision.events:
-            await self.commit(transition(actor.state.sequence, decision, at=now))
-        actor.state = decision.state
 
-    def _spawn(self, saga_id: str, definition: SagaDefinition, boot: Decision | None) -> None:
-        if saga_id in self._actors:  # a concurrent start or recovery got there first
-            return
-        self._spawn_actor(Actor(self, saga_id, definition), boot)
-
-    def _spawn_actor(self, actor: Actor, boot: Decision | None) -> None:
-        self._actors[actor.saga_id] = actor
-        self._require_running().start_soon(self._supervise, actor, boot)
+    def _spawn(self, saga_id: str, definition: SagaDefinition, boot: Decision | None) -> Actor:
+        actor = self._actors.get(saga_id)
+        if actor is None:  # else a concurrent start or recovery got there first
+            actor = self._actors[saga_id] = Actor(self, saga_id, definition)
+            self._require_running().start_soon(self._supervise, actor, boot)
+        return actor
 
     async def _supervise(self, actor: Actor, boot: Decision | None) -> None:
         """Run ``actor`` until it is done, restarting it from history when it crashes."""
@@ -386,7 +379,7 @@ class Coordinator:
         finally:
             if self._actors.get(actor.saga_id) is actor:
                 del self._actors[actor.saga_id]
-            actor.refuse_queued()
+            actor.close()
 
     async def _park(self, actor: Actor, reason: str) -> None:
         """Suspend the instance for an operator, without needing its history to decode."""

@@ -70,9 +70,10 @@ class MemoryStore:
         await anyio.lowlevel.checkpoint()
         return self._instances.get(saga_id)
 
-    async def history(self, saga_id: str) -> Sequence[EventRecord]:
+    async def load(self, saga_id: str) -> tuple[InstanceRecord, Sequence[EventRecord]] | None:
         await anyio.lowlevel.checkpoint()
-        return list(self._events.get(saga_id, ()))
+        row = self._instances.get(saga_id)
+        return None if row is None else (row, list(self._events[saga_id]))
 
     async def instances(
         self, *, statuses: Collection[str] | None = None, limit: int | None = None

@@ -103,8 +103,8 @@ class Store(Protocol):
         """The instance's row, or ``None``."""
         ...
 
-    async def history(self, saga_id: str) -> Sequence[EventRecord]:
-        """The instance's events in sequence order (empty if it does not exist)."""
+    async def load(self, saga_id: str) -> tuple[InstanceRecord, Sequence[EventRecord]] | None:
+        """The instance's row and its events in sequence order, read as one snapshot."""
         ...
 
     async def instances(

@@ -283,19 +283,33 @@ class SQLiteStore:
 
         return await self._run(read)
 
-    async def history(self, saga_id: str) -> Sequence[EventRecord]:
-        def read() -> list[EventRecord]:
-            rows = self._db.execute(
-                "SELECT sequence, type, schema, data, recorded_at FROM saga_events "
-                "WHERE saga_id = ? ORDER BY sequence",
-                (saga_id,),
-            ).fetchall()
-            return [
+    async def load(self, saga_id: str) -> tuple[InstanceRecord, Sequence[EventRecord]] | None:
+        def read() -> tuple[InstanceRecord, list[EventRecord]] | None:
+            db = self._db
+            # One read transaction: the row and the events are one snapshot, even with
+            # another process writing to the file.
+            db.execute("BEGIN")
+            try:
+                row = db.execute(
+                    f"SELECT {_INSTANCE_COLUMNS} FROM saga_instances WHERE saga_id = ?",
+                    (saga_id,),
+                ).fetchone()
+                if row is None:
+                    return None
+                rows = db.execute(
+                    "SELECT sequence, type, schema, data, recorded_at FROM saga_events "
+                    "WHERE saga_id = ? ORDER BY sequence",
+                    (saga_id,),
+                ).fetchall()
+            finally:
+                db.execute("COMMIT")
+            events = [
                 EventRecord(
                     saga_id=saga_id, sequence=s, type=t, schema=v, data=d, recorded_at=at
                 )
                 for s, t, v, d, at in rows
             ]
+            return _instance(row), events
 
         return await self._run(read)
 

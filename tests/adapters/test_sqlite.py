@@ -1,0 +1,103 @@
+"""What only the SQLite store has: a file, pragmas, a schema version, group commit."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import anyio
+import pytest
+
+from saga.errors import StoreError, StoreUnavailableError
+from saga_adapters.sqlite import SQLiteStore
+from saga_adapters.sqlite._schema import VERSION
+from tests.adapters.test_contract import _commit, _new, history
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_committed_writes_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with SQLiteStore(path) as store:
+        await store.create(_new("s1"))
+        await store.commit(_commit("s1", 2, status="completed"))
+    async with SQLiteStore(path) as store:
+        row = await store.instance("s1")
+        assert row is not None and (row.status, row.sequence) == ("completed", 3)
+        assert len(await history(store, "s1")) == 3
+
+
+async def test_file_is_wal_with_the_requested_synchronous(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "s.db", synchronous="NORMAL") as store:
+        await store.create(_new("s1"))
+    conn = sqlite3.connect(tmp_path / "s.db")
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT max(version) FROM saga_schema").fetchone()[0] == VERSION
+    finally:
+        conn.close()
+
+
+async def test_reopening_does_not_migrate_twice(tmp_path: Path) -> None:
+    for _ in range(3):
+        async with SQLiteStore(tmp_path / "s.db"):
+            pass
+    conn = sqlite3.connect(tmp_path / "s.db")
+    try:
+        assert conn.execute("SELECT count(*) FROM saga_schema").fetchone()[0] == VERSION
+    finally:
+        conn.close()
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "s.db"):
+        pass
+    conn = sqlite3.connect(tmp_path / "s.db")
+    conn.execute("INSERT INTO saga_schema (version) VALUES (?)", (VERSION + 1,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        async with SQLiteStore(tmp_path / "s.db"):
+            pass
+
+
+async def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError) as info:
+        async with SQLiteStore(path):
+            pass
+    assert isinstance(info.value.__cause__, sqlite3.Error)
+    assert path.read_bytes() == b"this is not a database" * 100
+
+
+async def test_an_unopened_store_says_so(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    with pytest.raises(StoreUnavailableError, match="not open"):
+        await store.create(_new("s1"))
+
+
+def test_bad_options_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous"):
+        SQLiteStore(tmp_path / "s.db", synchronous="SOMETIMES")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="batch_limit"):
+        SQLiteStore(tmp_path / "s.db", batch_limit=0)
+
+
+async def test_concurrent_commits_share_transactions(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "s.db") as store:
+        async with anyio.create_task_group() as tg:
+            for i in range(300):
+                tg.start_soon(store.create, _new(f"s{i}"))
+        assert store.writes == 300
+        # Group commit: many writes ready together go out in far fewer transactions.
+        assert store.batches < store.writes / 5
+
+
+async def test_batch_limit_caps_a_transaction(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "s.db", batch_limit=7) as store:
+        async with anyio.create_task_group() as tg:
+            for i in range(70):
+                tg.start_soon(store.create, _new(f"s{i}"))
+        assert store.writes == 70
+        assert store.batches >= 10
