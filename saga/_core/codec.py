@@ -22,19 +22,18 @@ __all__ = ["SCHEMA", "check_payload", "decode_event", "dumps", "encode_event", "
 #: Current schema version of every event type. Bump one and register an upcaster for it.
 SCHEMA: dict[str, int] = {name: 1 for name in ev.EVENT_TYPES}
 
-_UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 converter = cattrs.Converter(forbid_extra_keys=True)
 
 
-def upcaster(
-    type_name: str, from_schema: int
-) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]], Callable[[dict[str, Any]], dict[str, Any]]]:
+Upcast = Callable[[dict[str, Any]], dict[str, Any]]
+_UPCASTERS: dict[tuple[str, int], Upcast] = {}
+
+
+def upcaster(type_name: str, from_schema: int) -> Callable[[Upcast], Upcast]:
     """Register ``fn(data) -> data`` taking ``type_name`` from ``from_schema`` to the next."""
 
-    def register(
-        fn: Callable[[dict[str, Any]], dict[str, Any]],
-    ) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def register(fn: Upcast) -> Upcast:
         _UPCASTERS[(type_name, from_schema)] = fn
         return fn
 
@@ -70,8 +69,7 @@ def check_payload(value: Any, path: str) -> Any:
             out[key] = check_payload(item, f"{path}[{key!r}]")
         return out
     raise PayloadError(
-        f"{type(value).__name__} is not JSON data (use str, int, float, bool, None, "
-        "list or dict)",
+        f"{type(value).__name__} is not JSON data (use str, int, float, bool, None, list or dict)",
         path=path,
     )
 
@@ -93,7 +91,9 @@ def decode_event(type_name: str, schema: int, data: str) -> ev.Event:
     if cls is None:
         raise ValueError(f"unknown event type {type_name!r}")
     if schema > SCHEMA[type_name]:
-        raise ValueError(f"{type_name} schema {schema} is newer than this code's {SCHEMA[type_name]}")
+        raise ValueError(
+            f"{type_name} schema {schema} is newer than this code's {SCHEMA[type_name]}"
+        )
     raw = json.loads(data)
     if not isinstance(raw, dict):
         raise ValueError(f"{type_name} data is not a JSON object")

@@ -146,9 +146,7 @@ def outstanding(state: SagaState) -> tuple[Effect, ...]:
 
 
 def _rejected(state: SagaState, command: str, reason: str) -> CommandRejected:
-    return CommandRejected(
-        state.saga_id, command=command, status=state.status.value, reason=reason
-    )
+    return CommandRejected(state.saga_id, command=command, status=state.status.value, reason=reason)
 
 
 def _on_action(b: _Builder, message: msg.CompleteAttempt | msg.FailAttempt, now: float) -> None:
@@ -173,12 +171,13 @@ def _on_action(b: _Builder, message: msg.CompleteAttempt | msg.FailAttempt, now:
         and (state.cancel_reason is None or step.kind is StepKind.RETRIABLE)
     )
     b.record(
-        ev.StepFailed(step=step.name, attempt=message.attempt, error=message.error, will_retry=retry)
+        ev.StepFailed(
+            step=step.name, attempt=message.attempt, error=message.error, will_retry=retry
+        )
     )
     if retry:
-        delay = policy.interval(
-            message.attempt, spread=_spread(state.saga_id, step.name, Phase.ACTION, message.attempt)
-        )
+        spread = _spread(state.saga_id, step.name, Phase.ACTION, message.attempt)
+        delay = policy.interval(message.attempt, spread=spread)
         b.schedule(Phase.ACTION, step.name, message.attempt + 1, now + delay)
     elif step.kind is StepKind.RETRIABLE:
         # Past the pivot there is no way back and this error says there is no way forward.
@@ -228,7 +227,9 @@ def _on_cancel(b: _Builder, reason: str) -> None:
         raise _rejected(state, "cancel", "resume it first")
     if state.status is Status.COMPENSATING or state.cancel_reason is not None:
         return  # already on its way back: nothing more to do
-    past_pivot = any(definition.step(s).kind is not StepKind.COMPENSATABLE for s in state.completed)
+    past_pivot = any(
+        definition.step(name).kind is not StepKind.COMPENSATABLE for name in state.completed
+    )
     running_retriable = any(
         a.phase is Phase.ACTION and definition.step(a.step).kind is StepKind.RETRIABLE
         for a in state.in_flight

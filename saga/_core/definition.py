@@ -134,7 +134,7 @@ def _check_fn(saga: str, step: str, what: str, fn: object) -> None:
     target = getattr(fn, "func", fn)  # functools.partial
     if not (
         inspect.iscoroutinefunction(target)
-        or inspect.iscoroutinefunction(getattr(target, "__call__", None))
+        or inspect.iscoroutinefunction(type(target).__call__)  # an object with async __call__
     ):
         raise DefinitionError(
             f"{what} must be an async function (async def), got {fn!r}", saga=saga, step=step
@@ -231,4 +231,3 @@ class SagaDefinition:
             if step.name == name:
                 return i
         raise KeyError(name)
-

@@ -94,11 +94,13 @@ def _without(state: SagaState, phase: Phase, step: str) -> tuple[Attempt, ...]:
     return tuple(a for a in state.in_flight if not (a.phase is phase and a.step == step))
 
 
-def _apply(state: SagaState, event: ev.Event) -> SagaState:  # noqa: PLR0911 - one arm per event
+def _apply(state: SagaState, event: ev.Event) -> SagaState:
     match event:
         case ev.StepScheduled(step=step, attempt=n, run_after=t):
-            flight = (*_without(state, Phase.ACTION, step), Attempt(
-                phase=Phase.ACTION, step=step, attempt=n, run_after=t))
+            flight = (
+                *_without(state, Phase.ACTION, step),
+                Attempt(phase=Phase.ACTION, step=step, attempt=n, run_after=t),
+            )
             return attrs.evolve(state, in_flight=flight)
         case ev.StepCompleted(step=step, result=result):
             return attrs.evolve(
@@ -116,8 +118,10 @@ def _apply(state: SagaState, event: ev.Event) -> SagaState:  # noqa: PLR0911 - o
                 state, status=Status.COMPENSATING, reason=reason, cancelled=cancelled
             )
         case ev.CompensationScheduled(step=step, attempt=n, run_after=t):
-            flight = (*_without(state, Phase.COMPENSATION, step), Attempt(
-                phase=Phase.COMPENSATION, step=step, attempt=n, run_after=t))
+            flight = (
+                *_without(state, Phase.COMPENSATION, step),
+                Attempt(phase=Phase.COMPENSATION, step=step, attempt=n, run_after=t),
+            )
             return attrs.evolve(state, in_flight=flight)
         case ev.CompensationCompleted(step=step):
             return attrs.evolve(

@@ -139,8 +139,8 @@ class Actor:
                     held = self._attempts.get((phase, step, n))
                     if held is not None and not held.began:
                         held.scope.cancel()
-                case Finish(status=status):
-                    self.coordinator.finished(self.saga_id, status)
+                case Finish():
+                    self.coordinator.settled(self.saga_id)
 
     async def _attempt(self, effect: RunAttempt, pending: _Pending) -> None:
         """Run one attempt and report its outcome to the mailbox."""
@@ -193,12 +193,16 @@ class Actor:
             result = check_payload(result, f"result of {effect.phase.value} {step.name!r}")
         except anyio.get_cancelled_exc_class():
             raise
-        except Exception as exc:  # the step's own failure: recorded, retried per policy
+        except Exception as exc:  # noqa: BLE001 - the step's own failure, recorded as data
             # A result with no JSON form will not get one by trying again.
             retryable = not isinstance(exc, (*policy.non_retryable, PayloadError))
             log.info(
                 "saga %s: %s of %s, attempt %d, failed: %r",
-                self.saga_id, effect.phase.value, step.name, effect.attempt, exc,
+                self.saga_id,
+                effect.phase.value,
+                step.name,
+                effect.attempt,
+                exc,
             )
             return msg.FailAttempt(
                 phase=effect.phase,

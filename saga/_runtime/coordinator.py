@@ -182,7 +182,9 @@ class Coordinator:
             if definition is None:
                 log.warning(
                     "saga %s: definition %s v%d is not registered here; left as it is",
-                    row.saga_id, row.saga, row.version,
+                    row.saga_id,
+                    row.saga,
+                    row.version,
                 )
                 continue
             self._spawn(row.saga_id, definition, None)
@@ -281,12 +283,17 @@ class Coordinator:
 
     async def wait(self, saga_id: str) -> SagaOutcome:
         """Wait until the instance is terminal; see ``SagaHandle.outcome``."""
+        await self.settle(saga_id, terminal=True)
+        return SagaOutcome.of(await self.load_state(saga_id))
+
+    async def settle(self, saga_id: str, *, terminal: bool = False) -> Status:
+        """Wait until the instance is terminal (or, unless ``terminal``, suspended)."""
         while True:
-            # Register before reading, so a finish between the two is not missed.
+            # Register before reading, so a change between the two is not missed.
             event = self._waiters.setdefault(saga_id, anyio.Event())
-            state = await self.load_state(saga_id)
-            if state.status.terminal:
-                return SagaOutcome.of(state)
+            status = await self.status(saga_id)
+            if status.terminal or (not terminal and status is Status.SUSPENDED):
+                return status
             await event.wait()
 
     # -- internals ---------------------------------------------------------------------
@@ -361,20 +368,28 @@ class Coordinator:
                     if isinstance(error, StoreUnavailableError):
                         unavailable += 1
                         delay = policy.backoff(unavailable)
-                        log.warning("saga %s: store unavailable (%s); retry in %.2fs",
-                                    actor.saga_id, error, delay)
+                        log.warning(
+                            "saga %s: store unavailable (%s); retry in %.2fs",
+                            actor.saga_id,
+                            error,
+                            delay,
+                        )
                         await anyio.sleep(delay)
                         continue
                     unavailable = 0
                     now = anyio.current_time()
                     crashes = [t for t in crashes if now - t < policy.within] + [now]
                     if len(crashes) > policy.max_restarts:
-                        await self._park(actor, f"{len(crashes)} crashes in {policy.within}s; "
-                                                f"last: {type(error).__name__}: {error}")
+                        await self._park(
+                            actor,
+                            f"{len(crashes)} crashes in {policy.within}s; "
+                            f"last: {type(error).__name__}: {error}",
+                        )
                         return
                     delay = policy.backoff(len(crashes))
-                    log.warning("saga %s: actor crashed (%r); restart in %.2fs",
-                                actor.saga_id, error, delay)
+                    log.warning(
+                        "saga %s: actor crashed (%r); restart in %.2fs", actor.saga_id, error, delay
+                    )
                     await anyio.sleep(delay)
         finally:
             if self._actors.get(actor.saga_id) is actor:
@@ -406,6 +421,7 @@ class Coordinator:
                 at=at,
             )
         )
+        self.settled(actor.saga_id)
 
     async def commit(self, t: Transition) -> None:
         try:
@@ -414,8 +430,8 @@ class Coordinator:
             self.conflicts += 1
             raise
 
-    def finished(self, saga_id: str, status: Status) -> None:
-        """An actor reached a terminal status: wake whoever waits for it."""
+    def settled(self, saga_id: str) -> None:
+        """An instance became terminal or suspended: wake whoever waits for it."""
         event = self._waiters.pop(saga_id, None)
         if event is not None:
             event.set()
@@ -426,4 +442,3 @@ def _unwrap(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
-

@@ -63,6 +63,16 @@ class SagaHandle:
         """
         return await self._coordinator.wait(self.saga_id)
 
+    async def settle(self) -> Status:
+        """Wait until the instance is terminal or suspended; return that status.
+
+        Unlike ``outcome``, this also returns for an instance parked for an operator.
+
+        Raises:
+            NotFoundError: there is no such instance.
+        """
+        return await self._coordinator.settle(self.saga_id)
+
     async def state(self) -> SagaState:
         """The instance's current state, replayed from its history.
 

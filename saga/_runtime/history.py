@@ -31,7 +31,9 @@ def task_id(saga_id: str, phase: Phase, step: str, attempt: int) -> str:
     return f"{saga_id}/{phase.value}/{step}/{attempt}"
 
 
-def _work(saga_id: str, events: Sequence[ev.Event]) -> tuple[tuple[TaskRecord, ...], tuple[str, ...]]:
+def _work(
+    saga_id: str, events: Sequence[ev.Event]
+) -> tuple[tuple[TaskRecord, ...], tuple[str, ...]]:
     """The work items the events create, and the ids of those they settle."""
     new: list[TaskRecord] = []
     done: list[str] = []

@@ -17,7 +17,9 @@ from saga.errors import ConflictError
 pytestmark = pytest.mark.anyio
 
 
-def _events(saga_id: str, first: int, count: int, kind: str = "StepScheduled") -> tuple[EventRecord, ...]:
+def _events(
+    saga_id: str, first: int, count: int, kind: str = "StepScheduled"
+) -> tuple[EventRecord, ...]:
     return tuple(
         EventRecord(
             saga_id=saga_id,
@@ -79,7 +81,11 @@ async def test_create_inserts_instance_events_and_tasks(store: Any) -> None:
     row = await store.instance("s1")
     assert row is not None
     assert (row.saga, row.version, row.status, row.sequence, row.input) == (
-        "order", 3, "running", 2, '{"x":1}'
+        "order",
+        3,
+        "running",
+        2,
+        '{"x":1}',
     )
     assert (row.created_at, row.updated_at) == (10.0, 10.0)
     assert list(await history(store, "s1")) == list(_events("s1", 1, 2))
@@ -99,14 +105,22 @@ async def test_commit_appends_and_moves_the_row(store: Any) -> None:
     await store.create(_new("s1"))
     await store.commit(
         _commit(
-            "s1", 2, 2, status="compensating", at=30.0,
-            new_tasks=(_task("s1", "b"),), done_tasks=(_task("s1", "a").task_id,),
+            "s1",
+            2,
+            2,
+            status="compensating",
+            at=30.0,
+            new_tasks=(_task("s1", "b"),),
+            done_tasks=(_task("s1", "a").task_id,),
         )
     )
     row = await store.instance("s1")
     assert row is not None
     assert (row.status, row.sequence, row.updated_at, row.created_at) == (
-        "compensating", 4, 30.0, 10.0
+        "compensating",
+        4,
+        30.0,
+        10.0,
     )
     assert [e.sequence for e in await history(store, "s1")] == [1, 2, 3, 4]
     assert [t.step for t in await store.tasks("s1")] == ["b"]

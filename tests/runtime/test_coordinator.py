@@ -20,7 +20,6 @@ from saga import (
     idempotency_key,
 )
 from saga import events as ev
-from tests.adapters.test_contract import history
 from saga.errors import (
     CommandRejected,
     InvalidSagaIdError,
@@ -29,6 +28,7 @@ from saga.errors import (
     StartConflictError,
     UnknownSagaError,
 )
+from tests.adapters.test_contract import history
 
 pytestmark = pytest.mark.anyio
 
@@ -85,9 +85,12 @@ async def test_a_saga_completes_and_records_results(store: Any) -> None:
         history = await handle.history()
     assert types(history) == [
         "SagaStarted",
-        "StepScheduled", "StepCompleted",
-        "StepScheduled", "StepCompleted",
-        "StepScheduled", "StepCompleted",
+        "StepScheduled",
+        "StepCompleted",
+        "StepScheduled",
+        "StepCompleted",
+        "StepScheduled",
+        "StepCompleted",
         "SagaCompleted",
     ]
     assert [r.sequence for r in history] == list(range(1, 9))
@@ -103,9 +106,13 @@ async def test_a_failed_step_compensates_in_reverse_order(store: Any) -> None:
     assert outcome.status is Status.COMPENSATED
     assert outcome.reason is not None and "car" in outcome.reason
     assert rec.phases() == [
-        ("hotel", "action"), ("flight", "action"),
-        ("car", "action"), ("car", "action"), ("car", "action"),
-        ("flight", "compensation"), ("hotel", "compensation"),
+        ("hotel", "action"),
+        ("flight", "action"),
+        ("car", "action"),
+        ("car", "action"),
+        ("car", "action"),
+        ("flight", "compensation"),
+        ("hotel", "compensation"),
     ]
     assert list(await store.tasks()) == []
 
@@ -324,7 +331,9 @@ async def test_cancel_compensates_what_completed(store: Any) -> None:
         with pytest.raises(CommandRejected, match="finished"):
             await coordinator.cancel("s1")
     assert rec.phases() == [
-        ("hotel", "action"), ("flight", "compensation"), ("hotel", "compensation")
+        ("hotel", "action"),
+        ("flight", "compensation"),
+        ("hotel", "compensation"),
     ]
 
 
@@ -344,8 +353,9 @@ async def test_cancel_drops_an_attempt_waiting_out_its_backoff(store: Any) -> No
         await coordinator.cancel("s1")
         outcome = await handle.outcome()
         assert outcome.status is Status.CANCELLED
-        errors = [r.event.error.type for r in await handle.history()
-                  if isinstance(r.event, ev.StepFailed)]
+        errors = [
+            r.event.error.type for r in await handle.history() if isinstance(r.event, ev.StepFailed)
+        ]
     assert errors == ["RuntimeError", "saga.Aborted"]
 
 

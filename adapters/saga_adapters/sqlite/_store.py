@@ -304,9 +304,7 @@ class SQLiteStore:
             finally:
                 db.execute("COMMIT")
             events = [
-                EventRecord(
-                    saga_id=saga_id, sequence=s, type=t, schema=v, data=d, recorded_at=at
-                )
+                EventRecord(saga_id=saga_id, sequence=s, type=t, schema=v, data=d, recorded_at=at)
                 for s, t, v, d, at in rows
             ]
             return _instance(row), events
