@@ -5,12 +5,12 @@ Declare a saga as ordered steps with forward actions and compensations; a
 status (completed, compensated, failed or cancelled) through crashes and restarts.
 """
 
+from saga._core.context import StepContext
 from saga._core.decide import idempotency_key
 from saga._core.definition import RetryPolicy, SagaDefinition, Step, StepKind
 from saga._core.events import ErrorInfo, Phase
 from saga._core.state import SagaState, Status
 from saga._runtime.clock import Clock, SystemClock
-from saga._runtime.context import StepContext
 from saga._runtime.coordinator import Coordinator, SupervisionPolicy
 from saga._runtime.handle import SagaHandle, SagaOutcome
 from saga._runtime.history import RecordedEvent

@@ -13,7 +13,7 @@ import attrs
 from saga.errors import DefinitionError
 
 if TYPE_CHECKING:
-    from saga._runtime.context import StepContext
+    from saga._core.context import StepContext
 
 __all__ = ["RetryPolicy", "SagaDefinition", "Step", "StepKind"]
 

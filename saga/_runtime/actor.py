@@ -12,12 +12,12 @@ import attrs
 
 from saga._core import messages as msg
 from saga._core.codec import check_payload
+from saga._core.context import StepContext
 from saga._core.decide import Decision, decide, outstanding
 from saga._core.definition import SagaDefinition
 from saga._core.effects import AbortAttempt, Effect, Finish, RunAttempt
 from saga._core.events import ErrorInfo, Phase
 from saga._core.state import SagaState, Status
-from saga._runtime.context import StepContext
 from saga._runtime.history import transition
 from saga.errors import CommandRejected, PayloadError, SagaError, StepTimeoutError
 
