@@ -23,6 +23,7 @@ from saga._runtime.history import RecordedEvent, decode_history, replay, transit
 from saga._store.port import EventRecord, NewInstance, Store, Transition
 from saga.errors import (
     ConflictError,
+    CoordinatorError,
     DefinitionError,
     InvalidSagaIdError,
     NotFoundError,
@@ -99,6 +100,14 @@ class Coordinator:
         clock: Clock | None = None,
         recover: bool = True,
     ) -> None:
+        if isinstance(max_concurrent_steps, bool) or not (
+            isinstance(max_concurrent_steps, int) and max_concurrent_steps >= 1
+        ):
+            raise ValueError(
+                f"max_concurrent_steps must be an int >= 1, got {max_concurrent_steps!r}"
+            )
+        if isinstance(sagas, SagaDefinition):
+            raise TypeError("sagas takes a list of definitions: Coordinator(store, [saga])")
         self.store = store
         self.clock: Clock = clock or SystemClock()
         self.limiter = anyio.CapacityLimiter(max_concurrent_steps)
@@ -309,7 +318,9 @@ class Coordinator:
 
     def _require_running(self) -> anyio.abc.TaskGroup:
         if self._task_group is None:
-            raise RuntimeError("the Coordinator is not running: use 'async with Coordinator(...)'")
+            raise CoordinatorError(
+                "the Coordinator is not running: use 'async with Coordinator(...)'"
+            )
         return self._task_group
 
     async def _command(self, saga_id: str, message: msg.Message) -> None:

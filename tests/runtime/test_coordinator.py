@@ -10,6 +10,7 @@ import pytest
 
 from saga import (
     Coordinator,
+    MemoryStore,
     Phase,
     RetryPolicy,
     SagaDefinition,
@@ -22,6 +23,8 @@ from saga import (
 from saga import events as ev
 from saga.errors import (
     CommandRejected,
+    CoordinatorError,
+    DefinitionError,
     InvalidSagaIdError,
     NotFoundError,
     PayloadError,
@@ -400,3 +403,38 @@ async def test_steps_run_under_the_concurrency_limit(store: Any) -> None:
         for handle in handles:
             assert (await handle.outcome()).status is Status.COMPLETED
     assert peak == 3
+
+
+async def test_a_coordinator_that_is_not_entered_says_so(store: Any) -> None:
+    rec = Recorder()
+    trip = three_steps(rec)
+    coordinator = Coordinator(store, [trip])
+    with pytest.raises(CoordinatorError, match="not running"):
+        await coordinator.start(trip, "t1")
+    assert list(await store.instances()) == []
+
+
+def test_bad_coordinator_arguments_are_refused() -> None:
+    trip = three_steps(Recorder())
+    with pytest.raises(ValueError, match="max_concurrent_steps"):
+        Coordinator(MemoryStore(), [trip], max_concurrent_steps=0)
+    with pytest.raises(TypeError, match="list of definitions"):
+        Coordinator(MemoryStore(), trip)  # type: ignore[arg-type]
+    with pytest.raises(DefinitionError, match="two different definitions"):
+        Coordinator(MemoryStore(), [trip, three_steps(Recorder())])
+    with pytest.raises(DefinitionError, match="SagaDefinition objects"):
+        Coordinator(MemoryStore(), ["trip"])  # type: ignore[list-item]
+
+
+async def test_several_versions_run_side_by_side(store: Any) -> None:
+    rec = Recorder()
+    v1 = SagaDefinition("s", [Step(name="a", action=rec.fn(1))], version=1)
+    v2 = SagaDefinition("s", [Step(name="a", action=rec.fn(2))], version=2)
+    async with Coordinator(store, [v1, v2]) as coordinator:
+        newest = await (await coordinator.start("s", "n1")).outcome()
+        older = await (await coordinator.start(v1, "o1")).outcome()
+        with pytest.raises(UnknownSagaError, match="'s v3'"):
+            coordinator.definition("s", 3)
+    assert (newest.results, older.results) == ({"a": 2}, {"a": 1})
+    rows = {row.saga_id: row.version for row in await store.instances()}
+    assert rows == {"n1": 2, "o1": 1}
