@@ -94,58 +94,53 @@ def _without(state: SagaState, phase: Phase, step: str) -> tuple[Attempt, ...]:
     return tuple(a for a in state.in_flight if not (a.phase is phase and a.step == step))
 
 
-def _apply(state: SagaState, event: ev.Event) -> SagaState:
+def _changes(state: SagaState, event: ev.Event) -> dict[str, Any]:
+    """The fields ``event`` changes, and their new values."""
     match event:
         case ev.StepScheduled(step=step, attempt=n, run_after=t):
             flight = (
                 *_without(state, Phase.ACTION, step),
                 Attempt(phase=Phase.ACTION, step=step, attempt=n, run_after=t),
             )
-            return attrs.evolve(state, in_flight=flight)
+            return dict(in_flight=flight)
         case ev.StepCompleted(step=step, result=result):
-            return attrs.evolve(
-                state,
+            return dict(
                 in_flight=_without(state, Phase.ACTION, step),
                 completed=(*state.completed, step),
                 results={**state.results, step: result},
             )
         case ev.StepFailed(step=step):
-            return attrs.evolve(state, in_flight=_without(state, Phase.ACTION, step))
+            return dict(in_flight=_without(state, Phase.ACTION, step))
         case ev.CancelRequested(reason=reason):
-            return attrs.evolve(state, cancel_reason=reason)
+            return dict(cancel_reason=reason)
         case ev.CompensationTriggered(reason=reason, cancelled=cancelled):
-            return attrs.evolve(
-                state, status=Status.COMPENSATING, reason=reason, cancelled=cancelled
-            )
+            return dict(status=Status.COMPENSATING, reason=reason, cancelled=cancelled)
         case ev.CompensationScheduled(step=step, attempt=n, run_after=t):
             flight = (
                 *_without(state, Phase.COMPENSATION, step),
                 Attempt(phase=Phase.COMPENSATION, step=step, attempt=n, run_after=t),
             )
-            return attrs.evolve(state, in_flight=flight)
+            return dict(in_flight=flight)
         case ev.CompensationCompleted(step=step):
-            return attrs.evolve(
-                state,
+            return dict(
                 in_flight=_without(state, Phase.COMPENSATION, step),
                 compensated=(*state.compensated, step),
             )
         case ev.CompensationFailed(step=step):
-            return attrs.evolve(state, in_flight=_without(state, Phase.COMPENSATION, step))
+            return dict(in_flight=_without(state, Phase.COMPENSATION, step))
         case ev.SagaCompleted():
-            return attrs.evolve(state, status=Status.COMPLETED)
+            return dict(status=Status.COMPLETED)
         case ev.SagaCompensated():
-            return attrs.evolve(state, status=Status.COMPENSATED)
+            return dict(status=Status.COMPENSATED)
         case ev.SagaCancelled(reason=reason):
-            return attrs.evolve(state, status=Status.CANCELLED, reason=reason)
+            return dict(status=Status.CANCELLED, reason=reason)
         case ev.SagaFailed(reason=reason, pending=pending):
-            return attrs.evolve(state, status=Status.FAILED, reason=reason, pending=pending)
+            return dict(status=Status.FAILED, reason=reason, pending=pending)
         case ev.SagaSuspended(reason=reason):
-            return attrs.evolve(
-                state, status=Status.SUSPENDED, resume_to=state.status, reason=reason
-            )
+            return dict(status=Status.SUSPENDED, resume_to=state.status, reason=reason)
         case ev.SagaResumed():
             assert state.resume_to is not None, "SagaResumed without SagaSuspended"
-            return attrs.evolve(state, status=state.resume_to, resume_to=None)
+            return dict(status=state.resume_to, resume_to=None)
         case ev.SagaStarted():
             raise ValueError("SagaStarted can only be the first event of a history")
     raise TypeError(f"not an event: {event!r}")  # pragma: no cover
@@ -153,7 +148,7 @@ def _apply(state: SagaState, event: ev.Event) -> SagaState:
 
 def evolve(state: SagaState, event: ev.Event) -> SagaState:
     """The state after ``event``; ``state.sequence`` counts it."""
-    return attrs.evolve(_apply(state, event), sequence=state.sequence + 1)
+    return attrs.evolve(state, sequence=state.sequence + 1, **_changes(state, event))
 
 
 def fold(saga_id: str, history: Iterable[ev.Event]) -> SagaState:

@@ -140,7 +140,7 @@ class Actor:
                     if held is not None and not held.began:
                         held.scope.cancel()
                 case Finish():
-                    self.coordinator.settled(self.saga_id)
+                    self.coordinator.settled(self.saga_id, self.state)
 
     async def _attempt(self, effect: RunAttempt, pending: _Pending) -> None:
         """Run one attempt and report its outcome to the mailbox."""

@@ -60,6 +60,14 @@ class SupervisionPolicy:
         return float(min(self.initial_backoff * 2 ** max(restart - 1, 0), self.max_backoff))
 
 
+@attrs.define(eq=False)
+class _Waiter:
+    """Whoever waits for an instance to settle; the actor may hand over its final state."""
+
+    event: anyio.Event = attrs.field(factory=anyio.Event)
+    state: SagaState | None = None
+
+
 def _check_id(saga_id: object) -> str:
     if not isinstance(saga_id, str):
         raise InvalidSagaIdError(saga_id, reason=f"must be a str, not {type(saga_id).__name__}")
@@ -118,7 +126,7 @@ class Coordinator:
         for definition in sagas:
             self._register(definition)
         self._actors: dict[str, Actor] = {}
-        self._waiters: dict[str, anyio.Event] = {}
+        self._waiters: dict[str, _Waiter] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
         #: Counters an operator (or a test) can read.
         self.restarts = 0
@@ -292,18 +300,28 @@ class Coordinator:
 
     async def wait(self, saga_id: str) -> SagaOutcome:
         """Wait until the instance is terminal; see ``SagaHandle.outcome``."""
-        await self.settle(saga_id, terminal=True)
-        return SagaOutcome.of(await self.load_state(saga_id))
+        state = await self._settle(saga_id, terminal=True)
+        return SagaOutcome.of(state if state is not None else await self.load_state(saga_id))
 
-    async def settle(self, saga_id: str, *, terminal: bool = False) -> Status:
-        """Wait until the instance is terminal (or, unless ``terminal``, suspended)."""
+    async def settle(self, saga_id: str) -> Status:
+        """Wait until the instance is terminal or suspended; see ``SagaHandle.settle``."""
+        state = await self._settle(saga_id, terminal=False)
+        return state.status if state is not None else await self.status(saga_id)
+
+    async def _settle(self, saga_id: str, *, terminal: bool) -> SagaState | None:
+        """Wait for a terminal (or suspended) status; the state, if an actor handed it over."""
+
+        def done(status: Status) -> bool:
+            return status.terminal or (not terminal and status is Status.SUSPENDED)
+
         while True:
             # Register before reading, so a change between the two is not missed.
-            event = self._waiters.setdefault(saga_id, anyio.Event())
-            status = await self.status(saga_id)
-            if status.terminal or (not terminal and status is Status.SUSPENDED):
-                return status
-            await event.wait()
+            waiter = self._waiters.setdefault(saga_id, _Waiter())
+            if done(await self.status(saga_id)):
+                return None
+            await waiter.event.wait()
+            if waiter.state is not None and done(waiter.state.status):
+                return waiter.state
 
     # -- internals ---------------------------------------------------------------------
 
@@ -441,11 +459,12 @@ class Coordinator:
             self.conflicts += 1
             raise
 
-    def settled(self, saga_id: str) -> None:
+    def settled(self, saga_id: str, state: SagaState | None = None) -> None:
         """An instance became terminal or suspended: wake whoever waits for it."""
-        event = self._waiters.pop(saga_id, None)
-        if event is not None:
-            event.set()
+        waiter = self._waiters.pop(saga_id, None)
+        if waiter is not None:
+            waiter.state = state
+            waiter.event.set()
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -389,12 +389,16 @@ async def test_cancel_past_the_pivot_is_rejected(store: Any) -> None:
 async def test_steps_run_under_the_concurrency_limit(store: Any) -> None:
     running = 0
     peak = 0
+    full = anyio.Event()
 
     async def step(ctx: StepContext) -> None:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
-        await anyio.sleep(0.001)
+        if running == 3:
+            full.set()
+        await full.wait()  # the first three hold their slots until all three are taken
+        await anyio.lowlevel.checkpoint()
         running -= 1
 
     saga = SagaDefinition("s", [Step(name="a", action=step), Step(name="b", action=step)])
