@@ -9,7 +9,7 @@ from saga._core.context import StepContext
 from saga._core.decide import idempotency_key
 from saga._core.definition import RetryPolicy, SagaDefinition, Step, StepKind
 from saga._core.events import ErrorInfo, Phase
-from saga._core.state import SagaState, Status
+from saga._core.state import Attempt, SagaState, Status
 from saga._runtime.clock import Clock, SystemClock
 from saga._runtime.coordinator import Coordinator, SupervisionPolicy
 from saga._runtime.handle import SagaHandle, SagaOutcome
@@ -18,6 +18,7 @@ from saga._store.memory import MemoryStore
 from saga._store.port import Store
 
 __all__ = [
+    "Attempt",
     "Clock",
     "Coordinator",
     "ErrorInfo",

@@ -55,9 +55,9 @@ class DefinitionError(SagaError, ValueError):
 class PayloadError(SagaError, TypeError):
     """A value cannot be encoded as JSON for the store.
 
-    Raised by ``start`` for the input and by a step attempt for its result, before
-    anything is written. ``path`` says where in the value the problem is, e.g.
-    ``input['when']``.
+    Raised by ``start`` for its input, before anything is written. A step whose result
+    is not JSON data fails with it (recorded as a non-retryable ``StepFailed``). ``path``
+    says where in the value the problem is, e.g. ``input['when']``.
     """
 
     def __init__(self, message: str, *, path: str) -> None:

@@ -230,12 +230,13 @@ def _on_cancel(b: _Builder, reason: str) -> None:
     past_pivot = any(
         definition.step(name).kind is not StepKind.COMPENSATABLE for name in state.completed
     )
-    running_retriable = any(
-        a.phase is Phase.ACTION and definition.step(a.step).kind is StepKind.RETRIABLE
+    # An attempt of the pivot in flight may complete, and then there is no way back.
+    at_pivot = any(
+        a.phase is Phase.ACTION and definition.step(a.step).kind is not StepKind.COMPENSATABLE
         for a in state.in_flight
     )
-    if past_pivot or running_retriable:
-        raise _rejected(state, "cancel", "it is past its pivot step and only goes forward")
+    if past_pivot or at_pivot:
+        raise _rejected(state, "cancel", "it is at or past its pivot step and only goes forward")
     b.record(ev.CancelRequested(reason=reason))
     # The attempt in flight finishes (or is dropped before it begins): we must know whether
     # its effect happened before we can undo it.

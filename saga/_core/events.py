@@ -152,7 +152,7 @@ class SagaFailed:
 
 @attrs.frozen(kw_only=True)
 class SagaSuspended:
-    """Parked by a supervisor (or an operator); nothing runs until it is resumed."""
+    """Parked by a supervisor; nothing runs until an operator resumes it."""
 
     reason: str
 

@@ -16,6 +16,7 @@ __all__ = [
     "ResumeSaga",
     "StartSaga",
     "SuspendSaga",
+    "command_name",
 ]
 
 
@@ -61,3 +62,10 @@ class ResumeSaga:
 
 
 Message = StartSaga | CompleteAttempt | FailAttempt | CancelSaga | SuspendSaga | ResumeSaga
+
+_COMMANDS = {StartSaga: "start", CancelSaga: "cancel", SuspendSaga: "suspend", ResumeSaga: "resume"}
+
+
+def command_name(message: Message) -> str:
+    """How ``CommandRejected.command`` names the command ``message`` carries."""
+    return _COMMANDS.get(type(message), type(message).__name__)

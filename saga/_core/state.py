@@ -58,9 +58,10 @@ class SagaState:
         in_flight: attempts scheduled and not yet reported.
         cancel_reason: set once a cancellation was requested.
         cancelled: the compensation under way (or done) was caused by a cancellation.
-        reason: why the saga is compensating, failed, cancelled or suspended.
+        reason: why the saga is compensating, failed or cancelled.
         pending: for a failed saga, the steps that are still to be undone.
         resume_to: while suspended, the status to go back to.
+        suspension: while suspended, why.
     """
 
     saga_id: str
@@ -78,6 +79,7 @@ class SagaState:
     reason: str | None = None
     pending: tuple[str, ...] = ()
     resume_to: Status | None = None
+    suspension: str | None = None
 
     def attempt(self, phase: Phase, step: str) -> Attempt | None:
         for attempt in self.in_flight:
@@ -137,10 +139,10 @@ def _changes(state: SagaState, event: ev.Event) -> dict[str, Any]:
         case ev.SagaFailed(reason=reason, pending=pending):
             return dict(status=Status.FAILED, reason=reason, pending=pending)
         case ev.SagaSuspended(reason=reason):
-            return dict(status=Status.SUSPENDED, resume_to=state.status, reason=reason)
+            return dict(status=Status.SUSPENDED, resume_to=state.status, suspension=reason)
         case ev.SagaResumed():
             assert state.resume_to is not None, "SagaResumed without SagaSuspended"
-            return dict(status=state.resume_to, resume_to=None)
+            return dict(status=state.resume_to, resume_to=None, suspension=None)
         case ev.SagaStarted():
             raise ValueError("SagaStarted can only be the first event of a history")
     raise TypeError(f"not an event: {event!r}")  # pragma: no cover

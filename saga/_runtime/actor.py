@@ -106,7 +106,7 @@ class Actor:
             envelope.reply(
                 CommandRejected(
                     self.saga_id,
-                    command=type(envelope.message).__name__,
+                    command=msg.command_name(envelope.message),
                     status=status,
                     reason="the instance stopped running here before handling it",
                 )
@@ -123,7 +123,7 @@ class Actor:
             envelope.reply(exc)
             return
         if decision.events:
-            await coordinator.commit(transition(state.sequence, decision, at=now))
+            await coordinator._commit(transition(state.sequence, decision, at=now))
         self.state = decision.state
         envelope.reply()
         self._emit(tg, decision.effects)
@@ -140,7 +140,7 @@ class Actor:
                     if held is not None and not held.began:
                         held.scope.cancel()
                 case Finish():
-                    self.coordinator.settled(self.saga_id, self.state)
+                    self.coordinator._settled(self.saga_id, self.state)
 
     async def _attempt(self, effect: RunAttempt, pending: _Pending) -> None:
         """Run one attempt and report its outcome to the mailbox."""

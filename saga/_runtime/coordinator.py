@@ -36,6 +36,9 @@ __all__ = ["Coordinator", "SupervisionPolicy"]
 
 log = logging.getLogger("saga")
 
+#: Seconds between store reads while waiting for an instance no actor of ours runs.
+SETTLE_POLL_INTERVAL = 1.0
+
 #: Statuses whose instances have an actor working on them.
 ACTIVE = (Status.RUNNING.value, Status.COMPENSATING.value)
 
@@ -223,6 +226,9 @@ class Coordinator:
             InvalidSagaIdError: ``saga_id`` is not a usable id.
             PayloadError: ``input`` is not JSON data.
             StartConflictError: ``saga_id`` exists with another saga or another input.
+            CoordinatorError: the coordinator is not running (not entered, or exited).
+            StoreError: the store failed; the start may or may not have been recorded,
+                and calling ``start`` again with the same arguments is safe.
         """
         definition = self._resolve(saga)
         _check_id(saga_id)
@@ -265,7 +271,12 @@ class Coordinator:
 
         Raises:
             NotFoundError: there is no such instance.
-            CommandRejected: it has finished, is suspended, or is past its pivot step.
+            CommandRejected: it has finished, is suspended, or is at or past its pivot step.
+            UnknownSagaError: its definition is not registered here.
+            CoordinatorError: the coordinator is not running.
+            CorruptHistoryError: its history cannot be replayed.
+            StoreError: the store failed (``ConflictError`` if another writer got there
+                first); the command may be given again.
         """
         await self._command(saga_id, msg.CancelSaga(reason=str(reason)))
 
@@ -275,16 +286,31 @@ class Coordinator:
         Raises:
             NotFoundError: there is no such instance.
             CommandRejected: it is not suspended.
+            UnknownSagaError: its definition is not registered here.
+            CoordinatorError: the coordinator is not running.
+            CorruptHistoryError: its history still cannot be replayed.
+            StoreError: the store failed; the command may be given again.
         """
         await self._command(saga_id, msg.ResumeSaga())
 
     async def status(self, saga_id: str) -> Status:
+        """The instance's status, from its row in the store.
+
+        Raises:
+            NotFoundError: there is no such instance.
+        """
         row = await self.store.instance(_check_id(saga_id))
         if row is None:
             raise NotFoundError(saga_id)
         return Status(row.status)
 
     async def history(self, saga_id: str) -> list[RecordedEvent]:
+        """Every event of the instance, in order.
+
+        Raises:
+            NotFoundError: there is no such instance.
+            CorruptHistoryError: a stored event cannot be decoded.
+        """
         loaded = await self.store.load(_check_id(saga_id))
         if loaded is None:
             raise NotFoundError(saga_id)
@@ -319,7 +345,10 @@ class Coordinator:
             waiter = self._waiters.setdefault(saga_id, _Waiter())
             if done(await self.status(saga_id)):
                 return None
-            await waiter.event.wait()
+            # Woken at once by an actor of ours; the store is asked again now and then for
+            # an instance another process runs.
+            with anyio.move_on_after(SETTLE_POLL_INTERVAL):
+                await waiter.event.wait()
             if waiter.state is not None and done(waiter.state.status):
                 return waiter.state
 
@@ -344,6 +373,7 @@ class Coordinator:
     async def _command(self, saga_id: str, message: msg.Message) -> None:
         """Have the instance handle ``message``; return once its outcome is durable."""
         _check_id(saga_id)
+        self._require_running()
         while True:
             actor = self._actors.get(saga_id)
             if actor is None:
@@ -357,7 +387,7 @@ class Coordinator:
                     now = self.clock.now()
                     decision = decide(definition, state, message, now)
                     if decision.events:
-                        await self.commit(transition(state.sequence, decision, at=now))
+                        await self._commit(transition(state.sequence, decision, at=now))
                     if decision.state.status.value in ACTIVE:  # resumed
                         self._spawn(saga_id, definition, None)
                     return
@@ -376,8 +406,9 @@ class Coordinator:
     def _spawn(self, saga_id: str, definition: SagaDefinition, boot: Decision | None) -> Actor:
         actor = self._actors.get(saga_id)
         if actor is None:  # else a concurrent start or recovery got there first
+            task_group = self._require_running()
             actor = self._actors[saga_id] = Actor(self, saga_id, definition)
-            self._require_running().start_soon(self._supervise, actor, boot)
+            task_group.start_soon(self._supervise, actor, boot)
         return actor
 
     async def _supervise(self, actor: Actor, boot: Decision | None) -> None:
@@ -409,11 +440,16 @@ class Coordinator:
                     now = anyio.current_time()
                     crashes = [t for t in crashes if now - t < policy.within] + [now]
                     if len(crashes) > policy.max_restarts:
-                        await self._park(
-                            actor,
+                        reason = (
                             f"{len(crashes)} crashes in {policy.within}s; "
-                            f"last: {type(error).__name__}: {error}",
+                            f"last: {type(error).__name__}: {error}"
                         )
+                        try:
+                            await self._park(actor, reason)
+                        except Exception:
+                            # One instance's trouble must not take its siblings down: it
+                            # stays unfinished in the store and is recovered on next start.
+                            log.exception("saga %s: could not be suspended", actor.saga_id)
                         return
                     delay = policy.backoff(len(crashes))
                     log.warning(
@@ -441,7 +477,7 @@ class Coordinator:
             data=data,
             recorded_at=at,
         )
-        await self.commit(
+        await self._commit(
             Transition(
                 saga_id=actor.saga_id,
                 expected_sequence=row.sequence,
@@ -450,16 +486,16 @@ class Coordinator:
                 at=at,
             )
         )
-        self.settled(actor.saga_id)
+        self._settled(actor.saga_id)
 
-    async def commit(self, t: Transition) -> None:
+    async def _commit(self, t: Transition) -> None:
         try:
             await self.store.commit(t)
         except ConflictError:
             self.conflicts += 1
             raise
 
-    def settled(self, saga_id: str, state: SagaState | None = None) -> None:
+    def _settled(self, saga_id: str, state: SagaState | None = None) -> None:
         """An instance became terminal or suspended: wake whoever waits for it."""
         waiter = self._waiters.pop(saga_id, None)
         if waiter is not None:

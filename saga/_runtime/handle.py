@@ -83,7 +83,11 @@ class SagaHandle:
         return await self._coordinator.load_state(self.saga_id)
 
     async def status(self) -> Status:
-        """The instance's current status, from the store's instance row."""
+        """The instance's current status, from the store's instance row.
+
+        Raises:
+            NotFoundError: there is no such instance.
+        """
         return await self._coordinator.status(self.saga_id)
 
     async def history(self) -> list[RecordedEvent]:

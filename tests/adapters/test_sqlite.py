@@ -101,3 +101,29 @@ async def test_batch_limit_caps_a_transaction(tmp_path: Path) -> None:
                 tg.start_soon(store.create, _new(f"s{i}"))
         assert store.writes == 70
         assert store.batches >= 10
+
+
+async def test_a_permanent_driver_error_is_a_store_error_with_its_cause(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "s.db") as store:
+        await store.create(_new("s1"))
+        conn = sqlite3.connect(tmp_path / "s.db")
+        conn.execute("DROP TABLE saga_events")
+        conn.commit()
+        conn.close()
+        with pytest.raises(StoreError) as info:
+            await store.commit(_commit("s1", 2))
+    assert not isinstance(info.value, StoreUnavailableError)  # retrying will not help
+    assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+
+
+async def test_a_locked_database_is_unavailable(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "s.db", busy_timeout=0.01) as store:
+        conn = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            with pytest.raises(StoreUnavailableError, match="locked"):
+                await store.create(_new("s1"))
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+        assert await store.create(_new("s1")) is None  # and it passes once the lock is gone

@@ -331,8 +331,9 @@ async def test_cancel_compensates_what_completed(store: Any) -> None:
         outcome = await handle.outcome()
         assert outcome.status is Status.CANCELLED
         assert outcome.reason == "customer changed their mind"
-        with pytest.raises(CommandRejected, match="finished"):
+        with pytest.raises(CommandRejected, match="finished") as info:
             await coordinator.cancel("s1")
+        assert (info.value.command, info.value.status) == ("cancel", "cancelled")
     assert rec.phases() == [
         ("hotel", "action"),
         ("flight", "compensation"),
@@ -416,6 +417,11 @@ async def test_a_coordinator_that_is_not_entered_says_so(store: Any) -> None:
     with pytest.raises(CoordinatorError, match="not running"):
         await coordinator.start(trip, "t1")
     assert list(await store.instances()) == []
+    async with Coordinator(store, [trip]) as running:
+        await (await running.start(trip, "t1")).outcome()
+    for _ in range(2):  # and it keeps saying so: nothing was left half-registered
+        with pytest.raises(CoordinatorError, match="not running"):
+            await coordinator.cancel("t1")
 
 
 def test_bad_coordinator_arguments_are_refused() -> None:

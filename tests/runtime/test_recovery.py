@@ -190,6 +190,7 @@ async def test_a_suspended_instance_resumes_where_it_was(tmp_path: Path) -> None
             await c.resume("p1")
         kinds = [type(r.event) for r in await handle.history()]
     assert outcome.status is Status.COMPLETED
+    assert outcome.reason is None  # the suspension's reason went with the suspension
     assert kinds[-4:] == [ev.SagaSuspended, ev.SagaResumed, ev.StepCompleted, ev.SagaCompleted]
 
 

@@ -31,11 +31,21 @@ Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 _INSTANCE_COLUMNS = "saga_id, saga, version, status, sequence, input, created_at, updated_at"
 
 
+# Primary result codes that say "not now" rather than "never": busy or locked by another
+# connection, I/O error, disk full, cannot open, lock protocol. Everything else is final.
+_TRANSIENT = {5, 6, 10, 13, 14, 15}
+
+
 def _translate(exc: sqlite3.Error) -> StoreError:
-    """The one place a driver error becomes ours."""
-    if isinstance(exc, sqlite3.OperationalError):
-        return StoreUnavailableError(f"sqlite: {exc}")
-    return StoreError(f"sqlite: {type(exc).__name__}: {exc}")
+    """The one place a driver error becomes ours (with the driver's as its cause)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    error: StoreError
+    if code is not None and code & 0xFF in _TRANSIENT:
+        error = StoreUnavailableError(f"sqlite: {exc}")
+    else:
+        error = StoreError(f"sqlite: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 @attrs.define(eq=False)
@@ -209,6 +219,7 @@ class SQLiteStore:
         except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
             for write in batch:
                 write.error = StoreError(f"sqlite: {type(exc).__name__}: {exc}")
+                write.error.__cause__ = exc
                 write.result = None
 
     @staticmethod
