@@ -98,7 +98,10 @@ def decode_event(type_name: str, schema: int, data: str) -> ev.Event:
     if not isinstance(raw, dict):
         raise ValueError(f"{type_name} data is not a JSON object")
     while schema < SCHEMA[type_name]:
-        raw = _UPCASTERS[(type_name, schema)](raw)
+        upcast = _UPCASTERS.get((type_name, schema))
+        if upcast is None:
+            raise ValueError(f"{type_name} schema {schema}: no upcaster to schema {schema + 1}")
+        raw = upcast(raw)
         schema += 1
     try:
         event: ev.Event = converter.structure(raw, cls)

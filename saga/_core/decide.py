@@ -44,7 +44,7 @@ def idempotency_key(saga_id: str, step: str, phase: Phase) -> str:
 def _spread(saga_id: str, step: str, phase: Phase, attempt: int) -> float:
     """A number in [-1, 1], fixed per attempt: jitter without randomness."""
     raw = "\x00".join((saga_id, step, phase.value, str(attempt))).encode()
-    return zlib.crc32(raw) / 0x7FFFFFFF - 1.0
+    return zlib.crc32(raw) / 0xFFFFFFFF * 2.0 - 1.0
 
 
 class _Builder:
@@ -106,7 +106,12 @@ def decide(
     match message:
         case msg.CompleteAttempt() | msg.FailAttempt():
             attempt = state.attempt(message.phase, message.step)
-            if state.status.terminal or attempt is None or attempt.attempt != message.attempt:
+            if (
+                state.status.terminal
+                or state.status is Status.SUSPENDED  # resume re-issues the attempt
+                or attempt is None
+                or attempt.attempt != message.attempt
+            ):
                 return b.decision()
             if message.phase is Phase.ACTION:
                 _on_action(b, message, now)
@@ -227,15 +232,13 @@ def _on_cancel(b: _Builder, reason: str) -> None:
         raise _rejected(state, "cancel", "resume it first")
     if state.status is Status.COMPENSATING or state.cancel_reason is not None:
         return  # already on its way back: nothing more to do
-    past_pivot = any(
-        definition.step(name).kind is not StepKind.COMPENSATABLE for name in state.completed
-    )
-    # An attempt of the pivot in flight may complete, and then there is no way back.
+    # Running, the saga has one forward attempt in flight. If it is the pivot, it may
+    # complete and leave no way back; if it is a retriable step, the pivot is behind us.
     at_pivot = any(
         a.phase is Phase.ACTION and definition.step(a.step).kind is not StepKind.COMPENSATABLE
         for a in state.in_flight
     )
-    if past_pivot or at_pivot:
+    if at_pivot:
         raise _rejected(state, "cancel", "it is at or past its pivot step and only goes forward")
     b.record(ev.CancelRequested(reason=reason))
     # The attempt in flight finishes (or is dropped before it begins): we must know whether

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -37,8 +38,14 @@ class StepKind(enum.Enum):
 
 
 def _check_positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise DefinitionError(f"RetryPolicy.{attribute.name} must be > 0, got {value!r}")
+    if not _is_number(value) or not (math.isfinite(value) and value > 0):
+        raise DefinitionError(
+            f"RetryPolicy.{attribute.name} must be a finite number > 0, got {value!r}"
+        )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @attrs.frozen(kw_only=True)
@@ -49,7 +56,7 @@ class RetryPolicy:
         max_attempts: attempts in all, the first try included; ``None`` retries forever.
         initial_interval: seconds before the first retry.
         multiplier: each later interval is the previous one times this.
-        max_interval: the interval never exceeds this many seconds.
+        max_interval: the interval never exceeds this many seconds, jitter included.
         jitter: each interval is moved by up to this fraction of itself, deterministically
             per (saga, step, attempt), so that replay gives the same schedule.
         non_retryable: exception types that fail the step at once.
@@ -64,12 +71,14 @@ class RetryPolicy:
 
     def __attrs_post_init__(self) -> None:
         if self.max_attempts is not None and (
-            not isinstance(self.max_attempts, int) or self.max_attempts < 1
+            not isinstance(self.max_attempts, int)
+            or isinstance(self.max_attempts, bool)
+            or self.max_attempts < 1
         ):
             raise DefinitionError(
                 f"RetryPolicy.max_attempts must be an int >= 1 or None, got {self.max_attempts!r}"
             )
-        if not 0 <= self.jitter <= 1:
+        if not (_is_number(self.jitter) and 0 <= self.jitter <= 1):
             raise DefinitionError(f"RetryPolicy.jitter must be within [0, 1], got {self.jitter!r}")
         for exc_type in self.non_retryable:
             if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
@@ -82,10 +91,12 @@ class RetryPolicy:
 
         ``spread`` in [-1, 1] picks where in the jitter band the interval lands.
         """
-        base = min(
-            self.initial_interval * self.multiplier ** (failed_attempt - 1), self.max_interval
-        )
-        return max(0.0, base * (1 + self.jitter * spread))
+        try:
+            base = self.initial_interval * self.multiplier ** (failed_attempt - 1)
+        except OverflowError:  # a step retried forever gets there after ~1000 attempts
+            base = self.max_interval
+        jittered = min(base, self.max_interval) * (1 + self.jitter * spread)
+        return min(max(0.0, jittered), self.max_interval)
 
     def allows(self, next_attempt: int) -> bool:
         return self.max_attempts is None or next_attempt <= self.max_attempts
@@ -212,7 +223,7 @@ class SagaDefinition:
                     step=step.name,
                 )
         if step.timeout is not None and not (
-            isinstance(step.timeout, int | float) and step.timeout > 0
+            _is_number(step.timeout) and math.isfinite(step.timeout) and step.timeout > 0
         ):
             raise DefinitionError(
                 f"timeout must be a number of seconds > 0 or None, got {step.timeout!r}",
