@@ -6,7 +6,7 @@ import enum
 import inspect
 import math
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -48,6 +48,17 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+# Typed converters, so that a list passed by the user type-checks as the tuple stored.
+def _exception_types(
+    types: Iterable[type[BaseException]],
+) -> tuple[type[BaseException], ...]:
+    return tuple(types)
+
+
+def _steps(steps: Iterable[Step]) -> tuple[Step, ...]:
+    return tuple(steps)
+
+
 @attrs.frozen(kw_only=True)
 class RetryPolicy:
     """How often, and how far apart, a step's attempts are made.
@@ -67,7 +78,9 @@ class RetryPolicy:
     multiplier: float = attrs.field(default=2.0, validator=_check_positive)
     max_interval: float = attrs.field(default=60.0, validator=_check_positive)
     jitter: float = 0.1
-    non_retryable: tuple[type[BaseException], ...] = attrs.field(default=(), converter=tuple)
+    non_retryable: tuple[type[BaseException], ...] = attrs.field(
+        default=(), converter=_exception_types
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.max_attempts is not None and (
@@ -161,7 +174,7 @@ class SagaDefinition:
     """
 
     name: str
-    steps: tuple[Step, ...] = attrs.field(converter=tuple)
+    steps: tuple[Step, ...] = attrs.field(converter=_steps)
     version: int = attrs.field(default=1, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
