@@ -100,9 +100,13 @@ class SQLiteStore:
         self._synchronous = synchronous
         self._batch_limit = batch_limit
         self._busy_timeout = busy_timeout
+        # Two connections, each used by one thread at a time: the writer's, and a reader's
+        # so that reads (recovery, handles) do not queue behind commits. WAL lets the
+        # reader see a consistent snapshot while the writer writes.
         self._conn: sqlite3.Connection | None = None
-        # One thread at a time touches the connection; it is never used concurrently.
         self._limiter = anyio.CapacityLimiter(1)
+        self._reader: sqlite3.Connection | None = None
+        self._read_limiter = anyio.CapacityLimiter(1)
         self._pending: list[_Write] = []
         self._wake = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -113,7 +117,13 @@ class SQLiteStore:
     # -- lifecycle ---------------------------------------------------------------
 
     async def __aenter__(self) -> SQLiteStore:
-        self._conn = await self._run(self._open)
+        self._conn = await self._run(self._open, True, limiter=self._limiter)
+        try:
+            self._reader = await self._run(self._open, False, limiter=self._read_limiter)
+        except BaseException:
+            await anyio.to_thread.run_sync(self._conn.close, limiter=self._limiter)
+            self._conn = None
+            raise
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._writer)
@@ -131,12 +141,15 @@ class SQLiteStore:
         conn, self._conn = self._conn, None
         if conn is not None:
             await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await anyio.to_thread.run_sync(reader.close, limiter=self._read_limiter)
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self, writer: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self.path,
             isolation_level=None,  # we issue BEGIN/COMMIT ourselves
-            check_same_thread=False,  # serialized by self._limiter
+            check_same_thread=False,  # serialized by its limiter
             timeout=self._busy_timeout,
         )
         try:
@@ -145,15 +158,18 @@ class SQLiteStore:
                 raise StoreError(f"sqlite: could not switch {self.path!r} to WAL (got {mode})")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA foreign_keys=ON")
-            migrate(conn)
+            if writer:
+                migrate(conn)
+            else:
+                conn.execute("PRAGMA query_only=ON")
         except BaseException:
             conn.close()
             raise
         return conn
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, fn: Callable[..., T], *args: Any, limiter: anyio.CapacityLimiter) -> T:
         try:
-            return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+            return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
         except RuntimeError as exc:  # schema newer than this code
@@ -164,6 +180,12 @@ class SQLiteStore:
         if self._conn is None:
             raise StoreUnavailableError("the SQLite store is not open (use 'async with')")
         return self._conn
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        reader = self._reader
+        if reader is None:
+            raise StoreUnavailableError("the SQLite store is not open (use 'async with')")
+        return await self._run(fn, reader, limiter=self._read_limiter)
 
     # -- writes: group commit ----------------------------------------------------
 
@@ -286,17 +308,16 @@ class SQLiteStore:
     # -- reads -------------------------------------------------------------------
 
     async def instance(self, saga_id: str) -> InstanceRecord | None:
-        def read() -> InstanceRecord | None:
-            row = self._db.execute(
+        def read(db: sqlite3.Connection) -> InstanceRecord | None:
+            row = db.execute(
                 f"SELECT {_INSTANCE_COLUMNS} FROM saga_instances WHERE saga_id = ?", (saga_id,)
             ).fetchone()
             return None if row is None else _instance(row)
 
-        return await self._run(read)
+        return await self._read(read)
 
     async def load(self, saga_id: str) -> tuple[InstanceRecord, Sequence[EventRecord]] | None:
-        def read() -> tuple[InstanceRecord, list[EventRecord]] | None:
-            db = self._db
+        def read(db: sqlite3.Connection) -> tuple[InstanceRecord, list[EventRecord]] | None:
             # One read transaction: the row and the events are one snapshot, even with
             # another process writing to the file.
             db.execute("BEGIN")
@@ -320,12 +341,12 @@ class SQLiteStore:
             ]
             return _instance(row), events
 
-        return await self._run(read)
+        return await self._read(read)
 
     async def instances(
         self, *, statuses: Collection[str] | None = None, limit: int | None = None
     ) -> Sequence[InstanceRecord]:
-        def read() -> list[InstanceRecord]:
+        def read(db: sqlite3.Connection) -> list[InstanceRecord]:
             sql = f"SELECT {_INSTANCE_COLUMNS} FROM saga_instances"
             args: list[Any] = []
             if statuses is not None:
@@ -336,21 +357,21 @@ class SQLiteStore:
             if limit is not None:
                 sql += " LIMIT ?"
                 args.append(limit)
-            return [_instance(row) for row in self._db.execute(sql, args).fetchall()]
+            return [_instance(row) for row in db.execute(sql, args).fetchall()]
 
-        return await self._run(read)
+        return await self._read(read)
 
     async def tasks(self, saga_id: str | None = None) -> Sequence[TaskRecord]:
-        def read() -> list[TaskRecord]:
+        def read(db: sqlite3.Connection) -> list[TaskRecord]:
             sql = "SELECT task_id, saga_id, kind, step, attempt, run_after FROM saga_tasks"
             args: tuple[str, ...] = ()
             if saga_id is not None:
                 sql += " WHERE saga_id = ?"
                 args = (saga_id,)
-            rows = self._db.execute(sql + " ORDER BY task_id", args).fetchall()
+            rows = db.execute(sql + " ORDER BY task_id", args).fetchall()
             return [
                 TaskRecord(task_id=i, saga_id=s, kind=k, step=n, attempt=a, run_after=r)
                 for i, s, k, n, a, r in rows
             ]
 
-        return await self._run(read)
+        return await self._read(read)
