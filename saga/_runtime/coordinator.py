@@ -11,16 +11,16 @@ import anyio.abc
 import attrs
 
 from saga._core import messages as msg
-from saga._core.codec import check_payload, dumps, encode_event
+from saga._core.codec import check_payload, dumps
 from saga._core.decide import Decision, decide, start
 from saga._core.definition import SagaDefinition
-from saga._core.events import SagaSuspended
 from saga._core.state import SagaState, Status
 from saga._runtime.actor import Actor, Envelope
 from saga._runtime.clock import Clock, SystemClock
 from saga._runtime.handle import SagaHandle, SagaOutcome
 from saga._runtime.history import RecordedEvent, decode_history, replay, transition
-from saga._store.port import EventRecord, NewInstance, Store, Transition
+from saga._runtime.supervisor import ACTIVE, SupervisionPolicy, supervise
+from saga._store.port import NewInstance, Store, Transition
 from saga.errors import (
     ConflictError,
     CoordinatorError,
@@ -28,7 +28,6 @@ from saga.errors import (
     InvalidSagaIdError,
     NotFoundError,
     StartConflictError,
-    StoreUnavailableError,
     UnknownSagaError,
 )
 
@@ -38,29 +37,6 @@ log = logging.getLogger("saga")
 
 #: Seconds between store reads while waiting for an instance no actor of ours runs.
 SETTLE_POLL_INTERVAL = 1.0
-
-#: Statuses whose instances have an actor working on them.
-ACTIVE = (Status.RUNNING.value, Status.COMPENSATING.value)
-
-
-@attrs.frozen(kw_only=True)
-class SupervisionPolicy:
-    """How a crashed actor is restarted.
-
-    A crash is any exception escaping an actor (a bug, a corrupt history, a store
-    conflict). The actor is rebuilt from history after a backoff; more than
-    ``max_restarts`` crashes within ``within`` seconds park the instance as ``suspended``
-    with the reason recorded. An unavailable store does not count against the budget: it is
-    retried with backoff for as long as it takes.
-    """
-
-    max_restarts: int = 5
-    within: float = 60.0
-    initial_backoff: float = 0.05
-    max_backoff: float = 5.0
-
-    def backoff(self, restart: int) -> float:
-        return float(min(self.initial_backoff * 2 ** max(restart - 1, 0), self.max_backoff))
 
 
 @attrs.define(eq=False)
@@ -107,7 +83,7 @@ class Coordinator:
         sagas: Iterable[SagaDefinition],
         *,
         max_concurrent_steps: int = 100,
-        supervision: SupervisionPolicy = SupervisionPolicy(),
+        supervision: SupervisionPolicy | None = None,
         clock: Clock | None = None,
         recover: bool = True,
     ) -> None:
@@ -122,7 +98,7 @@ class Coordinator:
         self.store = store
         self.clock: Clock = clock or SystemClock()
         self.limiter = anyio.CapacityLimiter(max_concurrent_steps)
-        self.supervision = supervision
+        self.supervision = supervision or SupervisionPolicy()
         self._recover_on_enter = recover
         self._definitions: dict[tuple[str, int], SagaDefinition] = {}
         self._newest: dict[str, SagaDefinition] = {}
@@ -408,85 +384,8 @@ class Coordinator:
         if actor is None:  # else a concurrent start or recovery got there first
             task_group = self._require_running()
             actor = self._actors[saga_id] = Actor(self, saga_id, definition)
-            task_group.start_soon(self._supervise, actor, boot)
+            task_group.start_soon(supervise, self, actor, boot)
         return actor
-
-    async def _supervise(self, actor: Actor, boot: Decision | None) -> None:
-        """Run ``actor`` until it is done, restarting it from history when it crashes."""
-        policy = self.supervision
-        crashes: list[float] = []
-        unavailable = 0
-        try:
-            while True:
-                try:
-                    await actor.run(boot)
-                    return
-                except Exception as exc:  # noqa: BLE001 - a crash: the supervisor's business
-                    boot = None
-                    error = _unwrap(exc)
-                    self.restarts += 1
-                    if isinstance(error, StoreUnavailableError):
-                        unavailable += 1
-                        delay = policy.backoff(unavailable)
-                        log.warning(
-                            "saga %s: store unavailable (%s); retry in %.2fs",
-                            actor.saga_id,
-                            error,
-                            delay,
-                        )
-                        await anyio.sleep(delay)
-                        continue
-                    unavailable = 0
-                    now = anyio.current_time()
-                    crashes = [t for t in crashes if now - t < policy.within] + [now]
-                    if len(crashes) > policy.max_restarts:
-                        reason = (
-                            f"{len(crashes)} crashes in {policy.within}s; "
-                            f"last: {type(error).__name__}: {error}"
-                        )
-                        try:
-                            await self._park(actor, reason)
-                        except Exception:
-                            # One instance's trouble must not take its siblings down: it
-                            # stays unfinished in the store and is recovered on next start.
-                            log.exception("saga %s: could not be suspended", actor.saga_id)
-                        return
-                    delay = policy.backoff(len(crashes))
-                    log.warning(
-                        "saga %s: actor crashed (%r); restart in %.2fs", actor.saga_id, error, delay
-                    )
-                    await anyio.sleep(delay)
-        finally:
-            if self._actors.get(actor.saga_id) is actor:
-                del self._actors[actor.saga_id]
-            actor.close()
-
-    async def _park(self, actor: Actor, reason: str) -> None:
-        """Suspend the instance for an operator, without needing its history to decode."""
-        log.error("saga %s: suspended: %s", actor.saga_id, reason)
-        row = await self.store.instance(actor.saga_id)
-        if row is None or row.status not in ACTIVE:
-            return
-        at = self.clock.now()
-        type_name, schema, data = encode_event(SagaSuspended(reason=reason))
-        event = EventRecord(
-            saga_id=actor.saga_id,
-            sequence=row.sequence + 1,
-            type=type_name,
-            schema=schema,
-            data=data,
-            recorded_at=at,
-        )
-        await self._commit(
-            Transition(
-                saga_id=actor.saga_id,
-                expected_sequence=row.sequence,
-                events=(event,),
-                status=Status.SUSPENDED.value,
-                at=at,
-            )
-        )
-        self._settled(actor.saga_id)
 
     async def _commit(self, t: Transition) -> None:
         try:
@@ -501,10 +400,3 @@ class Coordinator:
         if waiter is not None:
             waiter.state = state
             waiter.event.set()
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    """The one exception inside (nested) single-member exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc

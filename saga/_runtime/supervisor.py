@@ -1,0 +1,133 @@
+"""Supervision: restart a crashed actor from history; park it for an operator past a budget."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import anyio
+import attrs
+
+from saga._core.codec import encode_event
+from saga._core.decide import Decision
+from saga._core.events import SagaSuspended
+from saga._core.state import Status
+from saga._store.port import EventRecord, Transition
+from saga.errors import StoreUnavailableError
+
+if TYPE_CHECKING:
+    from saga._runtime.actor import Actor
+    from saga._runtime.coordinator import Coordinator
+
+__all__ = ["SupervisionPolicy", "supervise"]
+
+log = logging.getLogger("saga")
+
+#: Statuses whose instances have an actor working on them.
+ACTIVE = (Status.RUNNING.value, Status.COMPENSATING.value)
+
+
+@attrs.frozen(kw_only=True)
+class SupervisionPolicy:
+    """How a crashed actor is restarted.
+
+    A crash is any exception escaping an actor (a bug, a corrupt history, a store
+    conflict). The actor is rebuilt from history after a backoff; more than
+    ``max_restarts`` crashes within ``within`` seconds park the instance as ``suspended``
+    with the reason recorded. An unavailable store does not count against the budget: it is
+    retried with backoff for as long as it takes.
+    """
+
+    max_restarts: int = 5
+    within: float = 60.0
+    initial_backoff: float = 0.05
+    max_backoff: float = 5.0
+
+    def backoff(self, restart: int) -> float:
+        return float(min(self.initial_backoff * 2 ** max(restart - 1, 0), self.max_backoff))
+
+
+async def supervise(coordinator: Coordinator, actor: Actor, boot: Decision | None) -> None:
+    """Run ``actor`` until it is done, restarting it from history when it crashes."""
+    policy = coordinator.supervision
+    crashes: list[float] = []
+    unavailable = 0
+    try:
+        while True:
+            try:
+                await actor.run(boot)
+                return
+            except Exception as exc:  # noqa: BLE001 - a crash: the supervisor's business
+                boot = None
+                error = _unwrap(exc)
+                coordinator.restarts += 1
+                if isinstance(error, StoreUnavailableError):
+                    unavailable += 1
+                    delay = policy.backoff(unavailable)
+                    log.warning(
+                        "saga %s: store unavailable (%s); retry in %.2fs",
+                        actor.saga_id,
+                        error,
+                        delay,
+                    )
+                    await anyio.sleep(delay)
+                    continue
+                unavailable = 0
+                now = anyio.current_time()
+                crashes = [t for t in crashes if now - t < policy.within] + [now]
+                if len(crashes) > policy.max_restarts:
+                    reason = (
+                        f"{len(crashes)} crashes in {policy.within}s; "
+                        f"last: {type(error).__name__}: {error}"
+                    )
+                    try:
+                        await _park(coordinator, actor, reason)
+                    except Exception:
+                        # One instance's trouble must not take its siblings down: it
+                        # stays unfinished in the store and is recovered on next start.
+                        log.exception("saga %s: could not be suspended", actor.saga_id)
+                    return
+                delay = policy.backoff(len(crashes))
+                log.warning(
+                    "saga %s: actor crashed (%r); restart in %.2fs", actor.saga_id, error, delay
+                )
+                await anyio.sleep(delay)
+    finally:
+        if coordinator._actors.get(actor.saga_id) is actor:
+            del coordinator._actors[actor.saga_id]
+        actor.close()
+
+
+async def _park(coordinator: Coordinator, actor: Actor, reason: str) -> None:
+    """Suspend the instance for an operator, without needing its history to decode."""
+    log.error("saga %s: suspended: %s", actor.saga_id, reason)
+    row = await coordinator.store.instance(actor.saga_id)
+    if row is None or row.status not in ACTIVE:
+        return
+    at = coordinator.clock.now()
+    type_name, schema, data = encode_event(SagaSuspended(reason=reason))
+    event = EventRecord(
+        saga_id=actor.saga_id,
+        sequence=row.sequence + 1,
+        type=type_name,
+        schema=schema,
+        data=data,
+        recorded_at=at,
+    )
+    await coordinator._commit(
+        Transition(
+            saga_id=actor.saga_id,
+            expected_sequence=row.sequence,
+            events=(event,),
+            status=Status.SUSPENDED.value,
+            at=at,
+        )
+    )
+    coordinator._settled(actor.saga_id)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-member exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
