@@ -293,7 +293,12 @@ class Coordinator:
         return decode_history(saga_id, loaded[1])
 
     async def load_state(self, saga_id: str) -> SagaState:
-        """The instance's state, replayed from its history and checked against its row."""
+        """The instance's state, replayed from its history and checked against its row.
+
+        Raises:
+            NotFoundError: there is no such instance.
+            CorruptHistoryError: its history cannot be replayed.
+        """
         loaded = await self.store.load(_check_id(saga_id))
         if loaded is None:
             raise NotFoundError(saga_id)

@@ -1,10 +1,10 @@
-"""SQLite store: stdlib ``sqlite3`` on one worker thread, with group commit.
+"""SQLite store: stdlib ``sqlite3`` on worker threads, with group commit.
 
 Why not one ``await`` per statement (as aiosqlite does): the thread hop, not the disk, is
 what limits SQLite from async code (about 75 µs a hop here). So every write a batch of
-actors has ready goes to the thread in one hop and one transaction, and reads are one hop
-each. The worker thread is reached through ``anyio.to_thread``, so the store runs the same
-under asyncio and trio.
+actors has ready goes to the writer connection in one hop and one transaction; reads go to a
+second, read-only connection, one hop each, so they never queue behind commits. Threads are
+reached through ``anyio.to_thread``, so the store runs the same under asyncio and trio.
 """
 
 from __future__ import annotations
