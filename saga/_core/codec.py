@@ -40,9 +40,14 @@ def upcaster(type_name: str, from_schema: int) -> Callable[[Upcast], Upcast]:
     return register
 
 
+# One encoder, not one per call: json.dumps builds a new JSONEncoder whenever it is given
+# options, and every event and input goes through here.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
 def dumps(value: Any) -> str:
     """Canonical JSON: sorted keys, no spaces, no NaN. Equal values give equal text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 def check_payload(value: Any, path: str) -> Any:

@@ -63,6 +63,7 @@ class Actor:
         self.send, self._receive = anyio.create_memory_object_stream[Envelope](MAILBOX_SIZE)
         self.state: SagaState | None = None
         self._attempts: dict[tuple[Phase, str, int], _Pending] = {}
+        self._runners = 0  # attempt runners alive, begun or not
 
     @property
     def done(self) -> bool:
@@ -91,7 +92,8 @@ class Actor:
                 except BaseException as exc:
                     envelope.reply(exc if isinstance(exc, Exception) else None)
                     raise
-            tg.cancel_scope.cancel()  # stale runners, if any, have nothing left to report to
+            if self._runners:  # stale runners have nothing left to report to
+                tg.cancel_scope.cancel()
 
     def close(self) -> None:
         """Close the mailbox; commands still queued hear that the actor stopped."""
@@ -134,6 +136,7 @@ class Actor:
                 case RunAttempt():
                     pending = _Pending()
                     self._attempts[(effect.phase, effect.step, effect.attempt)] = pending
+                    self._runners += 1
                     tg.start_soon(self._attempt, effect, pending)
                 case AbortAttempt(phase=phase, step=step, attempt=n):
                     held = self._attempts.get((phase, step, n))
@@ -144,6 +147,12 @@ class Actor:
 
     async def _attempt(self, effect: RunAttempt, pending: _Pending) -> None:
         """Run one attempt and report its outcome to the mailbox."""
+        try:
+            await self._run_attempt(effect, pending)
+        finally:
+            self._runners -= 1
+
+    async def _run_attempt(self, effect: RunAttempt, pending: _Pending) -> None:
         outcome: msg.Message | None = None
         try:
             with pending.scope:
@@ -162,7 +171,11 @@ class Actor:
                 error=ErrorInfo("saga.Aborted", "dropped before it began: the saga was cancelled"),
                 retryable=False,
             )
-        await self.send.send(Envelope(outcome))
+        envelope = Envelope(outcome)
+        try:
+            self.send.send_nowait(envelope)  # no checkpoint needed: the runner ends here
+        except anyio.WouldBlock:
+            await self.send.send(envelope)
 
     async def _call(self, effect: RunAttempt) -> msg.Message:
         state = self.state

@@ -97,7 +97,9 @@ class Coordinator:
             raise TypeError("sagas takes a list of definitions: Coordinator(store, [saga])")
         self.store = store
         self.clock: Clock = clock or SystemClock()
-        self.limiter = anyio.CapacityLimiter(max_concurrent_steps)
+        # fast_acquire: a free slot is taken without a checkpoint (the step awaits anyway);
+        # a CapacityLimiter yields while holding its token, so in a burst most attempts queue.
+        self.limiter = anyio.Semaphore(max_concurrent_steps, fast_acquire=True)
         self.supervision = supervision or SupervisionPolicy()
         self._recover_on_enter = recover
         self._definitions: dict[tuple[str, int], SagaDefinition] = {}
@@ -322,14 +324,23 @@ class Coordinator:
             return status.terminal or (not terminal and status is Status.SUSPENDED)
 
         while True:
-            # Register before reading, so a change between the two is not missed.
-            waiter = self._waiters.setdefault(saga_id, _Waiter())
-            if done(await self.status(saga_id)):
-                return None
-            # Woken at once by an actor of ours; the store is asked again now and then for
-            # an instance another process runs.
-            with anyio.move_on_after(SETTLE_POLL_INTERVAL):
+            # Register before looking, so a change between the two is not missed.
+            waiter = self._waiters.get(saga_id)
+            if waiter is None:
+                waiter = self._waiters[saga_id] = _Waiter()
+            actor = self._actors.get(saga_id)
+            if actor is not None and actor.state is not None:
+                # Live here: its state is what it committed last, and it wakes us when it
+                # settles or stops (see supervise): no read, no polling.
+                if done(actor.state.status):
+                    return actor.state
                 await waiter.event.wait()
+            else:
+                if done(await self.status(saga_id)):
+                    return None
+                # Another process may run it: ask the store again now and then.
+                with anyio.move_on_after(SETTLE_POLL_INTERVAL):
+                    await waiter.event.wait()
             if waiter.state is not None and done(waiter.state.status):
                 return waiter.state
 
@@ -389,6 +400,8 @@ class Coordinator:
         if actor is None:  # else a concurrent start or recovery got there first
             task_group = self._require_running()
             actor = self._actors[saga_id] = Actor(self, saga_id, definition)
+            if boot is not None:  # committed already: waiters need not read it back
+                actor.state = boot.state
             task_group.start_soon(supervise, self, actor, boot)
         return actor
 

@@ -95,6 +95,8 @@ async def supervise(coordinator: Coordinator, actor: Actor, boot: Decision | Non
     finally:
         if coordinator._actors.get(actor.saga_id) is actor:
             del coordinator._actors[actor.saga_id]
+            # Whoever waits on it in memory now asks the store instead.
+            coordinator._settled(actor.saga_id)
         actor.close()
 
 
