@@ -57,5 +57,8 @@ def open_store(url: str) -> Any:
             options[key] = value.upper()
         from saga_adapters.sqlite import SQLiteStore
 
-        return SQLiteStore(path, **options)
+        try:
+            return SQLiteStore(path, **options)
+        except ValueError as exc:
+            raise InvalidStoreURL(str(exc), url=url) from exc
     raise InvalidStoreURL(f"unknown store scheme {scheme!r} (known: memory, sqlite)", url=url)

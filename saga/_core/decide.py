@@ -128,26 +128,41 @@ def decide(
             if state.status is not Status.SUSPENDED:
                 raise _rejected(state, "resume", "only a suspended saga can be resumed")
             b.record(ev.SagaResumed())
-            b.effects.extend(outstanding(b.state))
+            b.effects.extend(outstanding(b.state, now))
         case msg.StartSaga():
             raise _rejected(state, "start", "it has started already")
     return b.decision()
 
 
-def outstanding(state: SagaState) -> tuple[Effect, ...]:
-    """The effects to re-issue for an instance rebuilt from history (at least once)."""
+def outstanding(state: SagaState, now: float | None = None) -> tuple[Effect, ...]:
+    """The effects to re-issue for an instance rebuilt from history (at least once).
+
+    Given ``now``, a forward attempt of a saga whose cancellation was requested is dropped
+    again if it is still waiting out its backoff: it cannot have begun, and the abort that
+    the cancellation emitted died with the process.
+    """
     if state.status not in (Status.RUNNING, Status.COMPENSATING):
         return ()
-    return tuple(
-        RunAttempt(
-            phase=a.phase,
-            step=a.step,
-            attempt=a.attempt,
-            idempotency_key=idempotency_key(state.saga_id, a.step, a.phase),
-            run_after=a.run_after,
+    effects: list[Effect] = []
+    for a in state.in_flight:
+        effects.append(
+            RunAttempt(
+                phase=a.phase,
+                step=a.step,
+                attempt=a.attempt,
+                idempotency_key=idempotency_key(state.saga_id, a.step, a.phase),
+                run_after=a.run_after,
+            )
         )
-        for a in state.in_flight
-    )
+        if (
+            now is not None
+            and state.cancel_reason is not None
+            and a.phase is Phase.ACTION
+            and a.run_after is not None
+            and a.run_after > now
+        ):
+            effects.append(AbortAttempt(phase=a.phase, step=a.step, attempt=a.attempt))
+    return tuple(effects)
 
 
 def _rejected(state: SagaState, command: str, reason: str) -> CommandRejected:

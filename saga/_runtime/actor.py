@@ -19,7 +19,7 @@ from saga._core.effects import AbortAttempt, Effect, Finish, RunAttempt
 from saga._core.events import ErrorInfo, Phase
 from saga._core.state import SagaState, Status
 from saga._runtime.history import transition
-from saga.errors import CommandRejected, PayloadError, SagaError, StepTimeoutError
+from saga.errors import CommandRejected, CoordinatorError, PayloadError, SagaError, StepTimeoutError
 
 if TYPE_CHECKING:
     from saga._runtime.coordinator import Coordinator
@@ -81,7 +81,8 @@ class Actor:
         async with anyio.create_task_group() as tg:
             if boot is None:
                 self.state = await self.coordinator.load_state(self.saga_id)
-                effects: tuple[Effect, ...] = outstanding(self.state)
+                now = self.coordinator.clock.now()
+                effects: tuple[Effect, ...] = outstanding(self.state, now)
             else:
                 self.state, effects = boot.state, boot.effects
             self._emit(tg, effects)
@@ -90,7 +91,8 @@ class Actor:
                 try:
                     await self._handle(tg, envelope)
                 except BaseException as exc:
-                    envelope.reply(exc if isinstance(exc, Exception) else None)
+                    stopped = CoordinatorError("the actor stopped before the command was recorded")
+                    envelope.reply(exc if isinstance(exc, Exception) else stopped)
                     raise
             if self._runners:  # stale runners have nothing left to report to
                 tg.cancel_scope.cancel()
@@ -125,7 +127,10 @@ class Actor:
             envelope.reply(exc)
             return
         if decision.events:
-            await coordinator._commit(transition(state.sequence, decision, at=now))
+            # Shielded: once handed to the store the commit may land, so the actor waits to
+            # hear whether it did; a caller is never told "done" for what was not written.
+            with anyio.CancelScope(shield=True):
+                await coordinator._commit(transition(state.sequence, decision, at=now))
         self.state = decision.state
         envelope.reply()
         self._emit(tg, decision.effects)

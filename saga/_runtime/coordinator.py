@@ -45,6 +45,7 @@ class _Waiter:
 
     event: anyio.Event = attrs.field(factory=anyio.Event)
     state: SagaState | None = None
+    count: int = 0  # callers waiting on it; the last one out removes it
 
 
 def _check_id(saga_id: object) -> str:
@@ -149,9 +150,10 @@ class Coordinator:
         try:
             if self._recover_on_enter:
                 await self.recover()
-        except BaseException as exc:
+        except BaseException:
             self._task_group.cancel_scope.cancel()
-            await self._task_group.__aexit__(type(exc), exc, exc.__traceback__)
+            await self._task_group.__aexit__(None, None, None)
+            self._task_group = None
             raise
         return self
 
@@ -215,16 +217,19 @@ class Coordinator:
         self._require_running()
         now = self.clock.now()
         decision = start(definition, saga_id, msg.StartSaga(input=payload))
-        existing = await self.store.create(
-            NewInstance(
-                saga=definition.name,
-                version=definition.version,
-                input=encoded,
-                transition=transition(0, decision, at=now),
-            )
+        new = NewInstance(
+            saga=definition.name,
+            version=definition.version,
+            input=encoded,
+            transition=transition(0, decision, at=now),
         )
+        # Shielded: a create handed to the store may land even if we are cancelled, and an
+        # instance that landed must get its actor, or nothing would drive it.
+        with anyio.CancelScope(shield=True):
+            existing = await self.store.create(new)
+            if existing is None:
+                self._spawn(saga_id, definition, decision)
         if existing is None:
-            self._spawn(saga_id, definition, decision)
             return SagaHandle(saga_id, self)
         if existing.saga != definition.name:
             raise StartConflictError(
@@ -233,7 +238,16 @@ class Coordinator:
         if existing.input != encoded:
             raise StartConflictError(saga_id, reason="it was started with a different input")
         if existing.status in ACTIVE and saga_id not in self._actors:
-            self._spawn(saga_id, self.definition(existing.saga, existing.version), None)
+            running = self._definitions.get((existing.saga, existing.version))
+            if running is None:  # as in recover(): left for a process that has it
+                log.warning(
+                    "saga %s: definition %s v%d is not registered here",
+                    saga_id,
+                    existing.saga,
+                    existing.version,
+                )
+            else:
+                self._spawn(saga_id, running, None)
         return SagaHandle(saga_id, self)
 
     def handle(self, saga_id: str) -> SagaHandle:
@@ -328,21 +342,27 @@ class Coordinator:
             waiter = self._waiters.get(saga_id)
             if waiter is None:
                 waiter = self._waiters[saga_id] = _Waiter()
-            actor = self._actors.get(saga_id)
-            if actor is not None and actor.state is not None:
-                # Live here: its state is what it committed last, and it wakes us when it
-                # settles or stops (see supervise): no read, no polling.
-                if done(actor.state.status):
-                    return actor.state
-                await waiter.event.wait()
-            else:
-                if done(await self.status(saga_id)):
-                    return None
-                # Another process may run it: ask the store again now and then.
-                with anyio.move_on_after(SETTLE_POLL_INTERVAL):
+            waiter.count += 1
+            try:
+                actor = self._actors.get(saga_id)
+                if actor is not None and actor.state is not None:
+                    # Live here: its state is what it committed last, and it wakes us when
+                    # it settles or stops (see supervise): no read, no polling.
+                    if done(actor.state.status):
+                        return actor.state
                     await waiter.event.wait()
-            if waiter.state is not None and done(waiter.state.status):
-                return waiter.state
+                else:
+                    if done(await self.status(saga_id)):
+                        return None
+                    # Another process may run it: ask the store again now and then.
+                    with anyio.move_on_after(SETTLE_POLL_INTERVAL):
+                        await waiter.event.wait()
+                if waiter.state is not None and done(waiter.state.status):
+                    return waiter.state
+            finally:
+                waiter.count -= 1
+                if waiter.count == 0 and self._waiters.get(saga_id) is waiter:
+                    del self._waiters[saga_id]
 
     # -- internals ---------------------------------------------------------------------
 
@@ -378,10 +398,11 @@ class Coordinator:
                     state = await self.load_state(saga_id)
                     now = self.clock.now()
                     decision = decide(definition, state, message, now)
-                    if decision.events:
-                        await self._commit(transition(state.sequence, decision, at=now))
-                    if decision.state.status.value in ACTIVE:  # resumed
-                        self._spawn(saga_id, definition, None)
+                    with anyio.CancelScope(shield=True):  # as in start: commit, then spawn
+                        if decision.events:
+                            await self._commit(transition(state.sequence, decision, at=now))
+                        if decision.state.status.value in ACTIVE:  # resumed
+                            self._spawn(saga_id, definition, None)
                     return
                 actor = self._spawn(saga_id, definition, None)
             envelope = Envelope(message, anyio.Event())

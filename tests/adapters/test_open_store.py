@@ -48,3 +48,8 @@ def test_bad_urls_say_what_is_wrong(url: str, message: str) -> None:
 def test_a_non_string_url_is_refused() -> None:
     with pytest.raises(InvalidStoreURL, match="must be a str"):
         open_store(42)  # type: ignore[arg-type]
+
+
+def test_an_in_memory_sqlite_url_points_to_the_memory_store() -> None:
+    with pytest.raises(InvalidStoreURL, match="MemoryStore"):
+        open_store("sqlite:///:memory:")

@@ -127,3 +127,44 @@ async def test_a_locked_database_is_unavailable(tmp_path: Path) -> None:
             conn.execute("ROLLBACK")
             conn.close()
         assert await store.create(_new("s1")) is None  # and it passes once the lock is gone
+
+
+async def test_one_bad_write_fails_alone_not_its_batch(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "s.db") as store:
+        await store.create(_new("bad"))
+        await store.create(_new("good"))
+        conn = sqlite3.connect(tmp_path / "s.db")
+        conn.execute(  # a stray row where bad's next event must go
+            "INSERT INTO saga_events VALUES ('bad', 3, 'X', 1, '{}', 0)"
+        )
+        conn.commit()
+        conn.close()
+        outcomes: dict[str, str] = {}
+
+        async def commit(saga_id: str) -> None:
+            try:
+                await store.commit(_commit(saga_id, 2))
+                outcomes[saga_id] = "ok"
+            except StoreError as exc:
+                outcomes[saga_id] = type(exc.__cause__).__name__
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(commit, "bad")
+            tg.start_soon(commit, "good")
+        assert outcomes == {"bad": "IntegrityError", "good": "ok"}
+        assert len(await history(store, "good")) == 3
+
+
+async def test_a_store_can_be_reopened_in_another_event_loop(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    async with store:
+        await store.create(_new("s1"))
+
+    def again() -> int:
+        async def use() -> int:
+            async with store:
+                return len(await history(store, "s1"))
+
+        return anyio.run(use)
+
+    assert await anyio.to_thread.run_sync(again) == 2

@@ -652,3 +652,17 @@ def test_rejected_commands_leave_the_state_as_it_was() -> None:
         with pytest.raises(CommandRejected):
             decide(saga.definition, saga.state, message, 0.0)
     assert saga.state == before == _state_of(saga)
+
+
+def test_recovery_drops_again_a_backoff_that_a_cancel_had_dropped() -> None:
+    # Crash after CancelRequested was committed but before the abort's outcome was: the
+    # abort died with the process, so recovery must not wait out the backoff and then run
+    # the action of a cancelled saga.
+    saga = Instance(plain("charge", retry=NO_JITTER))
+    saga.fail("charge", now=100.0)  # attempt 2 waits until 102
+    saga.send(msg.CancelSaga(reason="changed my mind"), now=100.5)
+    abort = AbortAttempt(phase=ACTION, step="charge", attempt=2)
+    retry = saga.run("charge", 2, run_after=102.0)
+    assert outstanding(saga.state, 101.0) == (retry, abort)
+    # Past its run_after it may have begun before the crash: re-run it, do not abort it.
+    assert outstanding(saga.state, 103.0) == (retry,)

@@ -11,6 +11,7 @@ import pytest
 
 from saga import (
     Coordinator,
+    MemoryStore,
     Phase,
     RetryPolicy,
     SagaDefinition,
@@ -21,7 +22,7 @@ from saga import (
     idempotency_key,
 )
 from saga import events as ev
-from saga.errors import CommandRejected, CorruptHistoryError
+from saga.errors import CommandRejected, CorruptHistoryError, NotFoundError, StoreUnavailableError
 from saga_adapters.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
@@ -254,3 +255,67 @@ async def test_shutdown_with_running_steps_leaves_them_running(store: Any) -> No
         await began.wait()
     row = await store.instance("p1")
     assert row is not None and row.status == "running"
+
+
+class _GatedCreate(MemoryStore):
+    """A store whose creates wait at a gate: a start caught with its write in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = anyio.Event()
+        self.gate = anyio.Event()
+
+    async def create(self, instance: Any) -> Any:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().create(instance)
+
+
+async def test_a_start_cancelled_mid_write_still_gets_its_actor() -> None:
+    store = _GatedCreate()
+
+    async def ok(ctx: StepContext) -> str:
+        return "done"
+
+    saga = two_steps(ok, ok)
+    async with Coordinator(store, [saga]) as c:
+        scope = anyio.CancelScope()
+
+        async def starter() -> None:
+            with scope:
+                await c.start(saga, "p1")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(starter)
+            await store.entered.wait()
+            scope.cancel()  # the caller gives up (a request timed out)...
+            store.gate.set()  # ...while its write lands
+        outcome = await c.handle("p1").outcome()
+    assert outcome.status is Status.COMPLETED
+
+
+class _DownStore(MemoryStore):
+    async def instances(self, **kw: Any) -> Any:
+        raise StoreUnavailableError("db down")
+
+
+async def test_a_store_error_on_entry_is_raised_as_itself() -> None:
+    with pytest.raises(StoreUnavailableError, match="db down"):
+        async with Coordinator(_DownStore(), []):
+            pass
+
+
+async def test_waiting_leaves_no_waiters_behind(store: Any) -> None:
+    async def ok(ctx: StepContext) -> None:
+        return None
+
+    saga = two_steps(ok, ok)
+    async with Coordinator(store, [saga]) as c:
+        handles = [await c.start(saga, f"p{i}") for i in range(5)]
+        for handle in handles:
+            await handle.outcome()
+            await handle.outcome()  # finished: answered from the store
+        for _ in range(3):
+            with pytest.raises(NotFoundError):
+                await c.handle("ghost").outcome()
+        assert c._waiters == {}

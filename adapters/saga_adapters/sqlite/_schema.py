@@ -70,6 +70,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             conn.execute("INSERT INTO saga_schema (version) VALUES (?)", (version,))
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     return int(found)

@@ -97,6 +97,12 @@ class SQLiteStore:
         if batch_limit < 1:
             raise ValueError(f"batch_limit must be >= 1, got {batch_limit!r}")
         self.path = os.fspath(path)
+        if self.path == ":memory:" or self.path.startswith("file:"):
+            # The reader connection would see another, empty database.
+            raise ValueError(
+                f"SQLiteStore needs a file path, got {self.path!r}; use MemoryStore for a "
+                "store in memory"
+            )
         self._synchronous = synchronous
         self._batch_limit = batch_limit
         self._busy_timeout = busy_timeout
@@ -104,11 +110,13 @@ class SQLiteStore:
         # so that reads (recovery, handles) do not queue behind commits. WAL lets the
         # reader see a consistent snapshot while the writer writes.
         self._conn: sqlite3.Connection | None = None
-        self._limiter = anyio.CapacityLimiter(1)
         self._reader: sqlite3.Connection | None = None
-        self._read_limiter = anyio.CapacityLimiter(1)
+        # Made on entry, in the event loop that uses them (a store may be reopened in
+        # another one).
+        self._limiter: anyio.CapacityLimiter
+        self._read_limiter: anyio.CapacityLimiter
+        self._wake: anyio.Event
         self._pending: list[_Write] = []
-        self._wake = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
         #: How many transactions the writer committed, and how many writes they carried.
         self.batches = 0
@@ -117,6 +125,9 @@ class SQLiteStore:
     # -- lifecycle ---------------------------------------------------------------
 
     async def __aenter__(self) -> SQLiteStore:
+        self._limiter = anyio.CapacityLimiter(1)
+        self._read_limiter = anyio.CapacityLimiter(1)
+        self._wake = anyio.Event()
         self._conn = await self._run(self._open, True, limiter=self._limiter)
         try:
             self._reader = await self._run(self._open, False, limiter=self._read_limiter)
@@ -154,7 +165,7 @@ class SQLiteStore:
         )
         try:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal" and self.path != ":memory:":
+            if mode.lower() != "wal":
                 raise StoreError(f"sqlite: could not switch {self.path!r} to WAL (got {mode})")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -223,7 +234,11 @@ class SQLiteStore:
                     write.done.set()
 
     def _write_batch(self, batch: list[_Write]) -> None:
-        """One transaction for the whole batch; each write is checked on its own."""
+        """One transaction for the whole batch; each write is checked on its own.
+
+        If the batch fails for a reason that is not transient, each write is tried again in a
+        transaction of its own, so that one bad write fails alone, not its batch-mates.
+        """
         try:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -232,11 +247,20 @@ class SQLiteStore:
                 self._append(db, accepted)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # SQLite rolls back by itself on some errors (disk full, I/O); a second
+                # rollback would raise and hide the error that matters.
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
+            error = _translate(exc)
+            if len(batch) > 1 and not isinstance(error, StoreUnavailableError):
+                for write in batch:
+                    write.result = write.error = None
+                    self._write_batch([write])
+                return
             for write in batch:
-                write.error = _translate(exc)
+                write.error = error
                 write.result = None
         except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
             for write in batch:
