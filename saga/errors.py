@@ -20,6 +20,7 @@ __all__ = [
     "ExecutionError",
     "InvalidSagaIdError",
     "InvalidStoreURL",
+    "NonDeterminismError",
     "NotFoundError",
     "PayloadError",
     "SagaError",
@@ -118,6 +119,25 @@ class CorruptHistoryError(StoreError):
 
 class ExecutionError(SagaError):
     """An instance cannot go on as its definition says."""
+
+
+class NonDeterminismError(ExecutionError):
+    """A stored history does not fit the definition it is replayed with.
+
+    Raised when an instance is rebuilt and its history names a step that its definition
+    (same name and version) does not have: the code changed under a running instance. The
+    supervisor parks the instance as ``suspended`` with this as the reason.
+    """
+
+    def __init__(self, saga_id: str, *, step: str, saga: str, version: int) -> None:
+        super().__init__(
+            f"saga {saga_id!r}: its history names step {step!r}, which {saga!r} "
+            f"v{version} does not have"
+        )
+        self.saga_id = saga_id
+        self.step = step
+        self.saga = saga
+        self.version = version
 
 
 class CommandRejected(ExecutionError):

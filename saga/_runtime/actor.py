@@ -13,7 +13,7 @@ import attrs
 from saga._core import messages as msg
 from saga._core.codec import check_payload
 from saga._core.context import StepContext
-from saga._core.decide import Decision, decide, outstanding
+from saga._core.decide import Decision, check_fits, decide, outstanding
 from saga._core.definition import SagaDefinition
 from saga._core.effects import AbortAttempt, Effect, Finish, RunAttempt
 from saga._core.events import ErrorInfo, Phase
@@ -81,6 +81,7 @@ class Actor:
         async with anyio.create_task_group() as tg:
             if boot is None:
                 self.state = await self.coordinator.load_state(self.saga_id)
+                check_fits(self.definition, self.state)
                 now = self.coordinator.clock.now()
                 effects: tuple[Effect, ...] = outstanding(self.state, now)
             else:

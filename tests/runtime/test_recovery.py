@@ -319,3 +319,28 @@ async def test_waiting_leaves_no_waiters_behind(store: Any) -> None:
             with pytest.raises(NotFoundError):
                 await c.handle("ghost").outcome()
         assert c._waiters == {}
+
+
+async def test_a_history_that_does_not_fit_its_definition_is_parked(tmp_path: Path) -> None:
+    began = anyio.Event()
+
+    async def ok(ctx: StepContext) -> None:
+        return None
+
+    async def hangs(ctx: StepContext) -> None:
+        began.set()
+        await anyio.sleep_forever()
+
+    path = tmp_path / "s.db"
+    async with SQLiteStore(path) as store, Coordinator(store, [two_steps(ok, hangs)]) as c:
+        await c.start("pair", "p1")
+        await began.wait()
+    # Deployed: same name and version, but step "second" was renamed.
+    renamed = SagaDefinition("pair", [Step(name="first", action=ok), Step(name="last", action=ok)])
+    async with SQLiteStore(path) as store, Coordinator(store, [renamed], supervision=QUICK) as c:
+        handle = c.handle("p1")
+        assert await handle.settle() is Status.SUSPENDED
+        state = await handle.state()
+    assert state.suspension is not None
+    assert "NonDeterminismError" in state.suspension
+    assert "'second'" in state.suspension
