@@ -66,7 +66,7 @@ class Round:
 #: land among retries and later steps; "compensation" ones run on (no self-kills) until
 #: instances compensate, and kill there.
 ROUNDS = (
-    Round(after=(1, 30), compensations=False, crash_probability=0.05),
+    Round(after=(1, 30), compensations=False, crash_probability=0.2),
     Round(after=(40, 150), compensations=False, crash_probability=0.0),
     Round(after=(1, 2), compensations=True, crash_probability=0.0),
 )
