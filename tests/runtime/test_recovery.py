@@ -344,3 +344,52 @@ async def test_a_history_that_does_not_fit_its_definition_is_parked(tmp_path: Pa
     assert state.suspension is not None
     assert "NonDeterminismError" in state.suspension
     assert "'second'" in state.suspension
+
+
+class _GatedCancel(MemoryStore):
+    """A store whose commit of a cancellation waits at a gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = anyio.Event()
+        self.gate = anyio.Event()
+
+    async def commit(self, transition: Any) -> None:
+        if any(e.type == "CancelRequested" for e in transition.events):
+            self.entered.set()
+            await self.gate.wait()
+        await super().commit(transition)
+
+
+async def test_a_command_is_never_reported_done_unless_it_was_written() -> None:
+    store = _GatedCancel()
+    began = anyio.Event()
+    heard: list[str] = []
+
+    async def hangs(ctx: StepContext) -> None:
+        began.set()
+        await anyio.sleep_forever()
+
+    async def cancel(c: Coordinator) -> None:
+        try:
+            await c.cancel("p1")
+            heard.append("done")
+        except Exception as exc:
+            heard.append(type(exc).__name__)
+
+    async def open_gate() -> None:
+        await anyio.lowlevel.checkpoint()
+        store.gate.set()
+
+    saga = two_steps(hangs, hangs)
+    async with anyio.create_task_group() as outside, Coordinator(store, [saga]) as c:
+        await c.start(saga, "p1")
+        await began.wait()
+        outside.start_soon(cancel, c)
+        await store.entered.wait()
+        outside.start_soon(open_gate)  # the write lands while the coordinator exits
+    loaded = await store.load("p1")
+    assert loaded is not None
+    written = any(e.type == "CancelRequested" for e in loaded[1])
+    assert heard == ["done" if written else "CoordinatorError"]
+    assert written  # the commit was shielded: shutdown waited for it
