@@ -115,9 +115,6 @@ class RetryPolicy:
         return self.max_attempts is None or next_attempt <= self.max_attempts
 
 
-FOREVER = RetryPolicy(max_attempts=None)
-
-
 @attrs.frozen(kw_only=True)
 class Step:
     """One step of a saga: a forward action and, optionally, its compensation.
