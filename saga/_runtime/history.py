@@ -11,11 +11,11 @@ from saga._core import events as ev
 from saga._core.codec import decode_event, encode_event
 from saga._core.decide import Decision
 from saga._core.events import Phase
-from saga._core.state import SagaState, fold
+from saga._core.state import SagaState, Status, fold
 from saga._store.port import EventRecord, InstanceRecord, TaskRecord, Transition
 from saga.errors import CorruptHistoryError
 
-__all__ = ["RecordedEvent", "decode_history", "replay", "task_id", "transition"]
+__all__ = ["RecordedEvent", "decode_history", "record", "replay", "task_id", "transition"]
 
 
 @attrs.frozen(kw_only=True)
@@ -60,7 +60,14 @@ def _work(
 
 def transition(before: int, decision: Decision, *, at: float) -> Transition:
     """The store transition of ``decision``, taken when the instance was at ``before``."""
-    saga_id = decision.state.saga_id
+    state = decision.state
+    return record(state.saga_id, before, decision.events, status=state.status, at=at)
+
+
+def record(
+    saga_id: str, before: int, events: Sequence[ev.Event], *, status: Status, at: float
+) -> Transition:
+    """The store transition appending ``events`` after sequence ``before``."""
     records = tuple(
         EventRecord(
             saga_id=saga_id,
@@ -70,14 +77,14 @@ def transition(before: int, decision: Decision, *, at: float) -> Transition:
             data=data,
             recorded_at=at,
         )
-        for i, (type_name, schema, data) in enumerate(map(encode_event, decision.events), 1)
+        for i, (type_name, schema, data) in enumerate(map(encode_event, events), 1)
     )
-    new, done = _work(saga_id, decision.events)
+    new, done = _work(saga_id, events)
     return Transition(
         saga_id=saga_id,
         expected_sequence=before,
         events=records,
-        status=decision.state.status.value,
+        status=status.value,
         at=at,
         new_tasks=new,
         done_tasks=done,

@@ -8,11 +8,10 @@ from typing import TYPE_CHECKING
 import anyio
 import attrs
 
-from saga._core.codec import encode_event
 from saga._core.decide import Decision
 from saga._core.events import SagaSuspended
 from saga._core.state import Status
-from saga._store.port import EventRecord, Transition
+from saga._runtime.history import record
 from saga.errors import StoreUnavailableError
 
 if TYPE_CHECKING:
@@ -107,23 +106,9 @@ async def _park(coordinator: Coordinator, actor: Actor, reason: str) -> None:
     if row is None or row.status not in ACTIVE:
         return
     at = coordinator.clock.now()
-    type_name, schema, data = encode_event(SagaSuspended(reason=reason))
-    event = EventRecord(
-        saga_id=actor.saga_id,
-        sequence=row.sequence + 1,
-        type=type_name,
-        schema=schema,
-        data=data,
-        recorded_at=at,
-    )
+    suspended = SagaSuspended(reason=reason)
     await coordinator._commit(
-        Transition(
-            saga_id=actor.saga_id,
-            expected_sequence=row.sequence,
-            events=(event,),
-            status=Status.SUSPENDED.value,
-            at=at,
-        )
+        record(actor.saga_id, row.sequence, (suspended,), status=Status.SUSPENDED, at=at)
     )
     coordinator._settled(actor.saga_id)
 
