@@ -18,6 +18,7 @@ __all__ = [
     "CorruptHistoryError",
     "DefinitionError",
     "ExecutionError",
+    "FencedError",
     "InvalidSagaIdError",
     "InvalidStoreURL",
     "NonDeterminismError",
@@ -94,6 +95,23 @@ class ConflictError(StoreError):
         )
         self.saga_id = saga_id
         self.expected = expected
+        self.actual = actual
+
+
+class FencedError(StoreError):
+    """A commit from an owner whose lease has passed to another (its epoch is stale).
+
+    Raised by ``Store.commit``; nothing was written. The actor that made it stops: the
+    instance is someone else's now.
+    """
+
+    def __init__(self, saga_id: str, *, epoch: int, actual: int | None) -> None:
+        super().__init__(
+            f"saga {saga_id!r}: commit at epoch {epoch}, but the instance is at epoch "
+            f"{actual}: its lease has passed to another owner"
+        )
+        self.saga_id = saga_id
+        self.epoch = epoch
         self.actual = actual
 
 

@@ -6,20 +6,28 @@ contract suite in ``tests/adapters/test_contract.py``.
 
 from saga._store.memory import MemoryStore
 from saga._store.port import (
+    ACTIVE_STATUSES,
     EventRecord,
+    InboxRecord,
     InstanceRecord,
     NewInstance,
+    Reply,
     Store,
     TaskRecord,
     Transition,
+    Wake,
 )
 
 __all__ = [
+    "ACTIVE_STATUSES",
     "EventRecord",
+    "InboxRecord",
     "InstanceRecord",
     "MemoryStore",
     "NewInstance",
+    "Reply",
     "Store",
     "TaskRecord",
     "Transition",
+    "Wake",
 ]

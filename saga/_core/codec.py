@@ -15,9 +15,19 @@ from typing import Any
 import cattrs
 
 from saga._core import events as ev
+from saga._core import messages as msg
 from saga.errors import PayloadError
 
-__all__ = ["SCHEMA", "check_payload", "decode_event", "dumps", "encode_event", "upcaster"]
+__all__ = [
+    "SCHEMA",
+    "check_payload",
+    "decode_command",
+    "decode_event",
+    "dumps",
+    "encode_command",
+    "encode_event",
+    "upcaster",
+]
 
 #: Current schema version of every event type. Bump one and register an upcaster for it.
 SCHEMA: dict[str, int] = {name: 1 for name in ev.EVENT_TYPES}
@@ -58,7 +68,13 @@ def check_payload(value: Any, path: str) -> Any:
             JSON value: str, int, float (finite), bool, None, list, tuple, or dict with
             str keys.
     """
-    if value is None or isinstance(value, str | bool | int):
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise PayloadError(
+                "a string may not contain NUL ('\\x00'): stores refuse it", path=path
+            )
+        return value
+    if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -69,8 +85,8 @@ def check_payload(value: Any, path: str) -> Any:
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
-            if not isinstance(key, str):
-                raise PayloadError(f"dict keys must be str, got {key!r}", path=path)
+            if not isinstance(key, str) or "\x00" in key:
+                raise PayloadError(f"dict keys must be str without NUL, got {key!r}", path=path)
             out[key] = check_payload(item, f"{path}[{key!r}]")
         return out
     raise PayloadError(
@@ -113,3 +129,34 @@ def decode_event(type_name: str, schema: int, data: str) -> ev.Event:
     except (cattrs.BaseValidationError, TypeError, KeyError) as exc:
         raise ValueError(f"{type_name} data does not fit: {exc}") from exc
     return event
+
+
+#: Commands that may travel between coordinators (through a store's inbox).
+_COMMANDS: dict[str, type[msg.CancelSaga | msg.SuspendSaga | msg.ResumeSaga]] = {
+    cls.__name__: cls for cls in (msg.CancelSaga, msg.SuspendSaga, msg.ResumeSaga)
+}
+
+
+def encode_command(command: msg.Message) -> str:
+    """JSON text for a command sent to an instance's owner."""
+    name = type(command).__name__
+    if name not in _COMMANDS:
+        raise TypeError(f"{name} is not a command that can be sent")
+    return dumps({"type": name, "data": converter.unstructure(command)})
+
+
+def decode_command(text: str) -> msg.Message:
+    """The command ``encode_command`` gave ``text`` for.
+
+    Raises:
+        ValueError: it is not one.
+    """
+    raw = json.loads(text)
+    cls = _COMMANDS.get(str(raw.get("type"))) if isinstance(raw, dict) else None
+    if cls is None:
+        raise ValueError(f"not a command: {text[:200]!r}")
+    try:
+        command: msg.Message = converter.structure(raw.get("data"), cls)
+    except (cattrs.BaseValidationError, TypeError, KeyError) as exc:
+        raise ValueError(f"{cls.__name__} does not fit: {exc}") from exc
+    return command

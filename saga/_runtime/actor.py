@@ -19,25 +19,36 @@ from saga._core.effects import AbortAttempt, Effect, Finish, RunAttempt
 from saga._core.events import ErrorInfo, Phase
 from saga._core.state import SagaState, Status
 from saga._runtime.history import transition
-from saga.errors import CommandRejected, CoordinatorError, PayloadError, SagaError, StepTimeoutError
+from saga._runtime.ownership import OK, encode_reply
+from saga._store.port import Reply
+from saga.errors import CoordinatorError, PayloadError, SagaError, StepTimeoutError
 
 if TYPE_CHECKING:
     from saga._runtime.coordinator import Coordinator
 
-__all__ = ["Actor", "Envelope"]
+__all__ = ["Actor", "Envelope", "Moved"]
 
 log = logging.getLogger("saga")
 
 MAILBOX_SIZE = 64
 
 
+class Moved(CoordinatorError):
+    """The actor stopped before handling a command: ask wherever the instance is now."""
+
+
 @attrs.define(eq=False)
 class Envelope:
-    """A message, and for commands a place for the caller to hear the outcome."""
+    """A message, and for commands a place for the caller to hear the outcome.
+
+    A command from another coordinator carries its inbox ``message_id`` instead: its
+    answer goes to the store, with the transition it causes.
+    """
 
     message: msg.Message
     replied: anyio.Event | None = None
     error: Exception | None = None
+    message_id: str | None = None
 
     def reply(self, error: Exception | None = None) -> None:
         if self.replied is not None and not self.replied.is_set():
@@ -56,12 +67,20 @@ class _Pending:
 class Actor:
     """Drives one instance. Its mailbox outlives crashes; each incarnation is one ``run``."""
 
-    def __init__(self, coordinator: Coordinator, saga_id: str, definition: SagaDefinition) -> None:
+    def __init__(
+        self, coordinator: Coordinator, saga_id: str, definition: SagaDefinition, epoch: int
+    ) -> None:
         self.coordinator = coordinator
         self.saga_id = saga_id
         self.definition = definition
+        #: The epoch of our lease on the instance: every commit carries it.
+        self.epoch = epoch
+        #: Set when the lease passed to another owner: the actor stops and is not restarted.
+        self.lost = False
+        self.scope = anyio.CancelScope()  # around every incarnation: lose() cancels it
         self.send, self._receive = anyio.create_memory_object_stream[Envelope](MAILBOX_SIZE)
         self.state: SagaState | None = None
+        self._seen: set[str] = set()  # inbox messages handled, across incarnations
         self._attempts: dict[tuple[Phase, str, int], _Pending] = {}
         self._runners = 0  # attempt runners alive, begun or not
 
@@ -71,6 +90,11 @@ class Actor:
         return self.state is not None and (
             self.state.status.terminal or self.state.status is Status.SUSPENDED
         )
+
+    def lose(self) -> None:
+        """The instance is someone else's now: stop at once, for good."""
+        self.lost = True
+        self.scope.cancel()
 
     async def run(self, boot: Decision | None) -> None:
         """One incarnation: rebuild (unless booted), re-issue work, then handle messages.
@@ -92,49 +116,69 @@ class Actor:
                 try:
                     await self._handle(tg, envelope)
                 except BaseException as exc:
-                    stopped = CoordinatorError("the actor stopped before the command was recorded")
+                    if envelope.message_id is not None:  # unanswered: the next owner's
+                        self.coordinator._keeper.delivered.discard(envelope.message_id)
+                    stopped = Moved("the actor stopped before the command was recorded")
                     envelope.reply(exc if isinstance(exc, Exception) else stopped)
                     raise
             if self._runners:  # stale runners have nothing left to report to
                 tg.cancel_scope.cancel()
 
     def close(self) -> None:
-        """Close the mailbox; commands still queued hear that the actor stopped."""
+        """Close the mailbox; commands still queued are sent to ask elsewhere."""
         self.send.close()
-        status = self.state.status.value if self.state is not None else "unknown"
         while True:
             try:
                 envelope = self._receive.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream):
                 self._receive.close()
                 return
-            envelope.reply(
-                CommandRejected(
-                    self.saga_id,
-                    command=msg.command_name(envelope.message),
-                    status=status,
-                    reason="the instance stopped running here before handling it",
-                )
-            )
+            if envelope.message_id is not None:  # still in the inbox for the next owner
+                self.coordinator._keeper.delivered.discard(envelope.message_id)
+            envelope.reply(Moved("the instance stopped running here before handling it"))
 
     async def _handle(self, tg: anyio.abc.TaskGroup, envelope: Envelope) -> None:
         state = self.state
         assert state is not None
         coordinator = self.coordinator
+        message_id = envelope.message_id
+        if message_id is not None and message_id in self._seen:
+            return  # delivered twice; answered the first time
         now = coordinator.clock.now()
         try:
             decision = decide(self.definition, state, envelope.message, now)
         except SagaError as exc:  # a command that does not apply: the caller hears why
+            if message_id is not None:
+                await self._answer(message_id, exc)
             envelope.reply(exc)
             return
         if decision.events:
+            replies = () if message_id is None else (Reply(message_id=message_id, body=OK),)
             # Shielded: once handed to the store the commit may land, so the actor waits to
             # hear whether it did; a caller is never told "done" for what was not written.
             with anyio.CancelScope(shield=True):
-                await coordinator._commit(transition(state.sequence, decision, at=now))
+                await coordinator._commit(
+                    transition(state.sequence, decision, at=now, epoch=self.epoch, replies=replies)
+                )
+            if message_id is not None:
+                self._answered(message_id)
+        elif message_id is not None:
+            await self._answer(message_id, None)
         self.state = decision.state
         envelope.reply()
         self._emit(tg, decision.effects)
+
+    async def _answer(self, message_id: str, error: Exception | None) -> None:
+        """Answer an inbox command that changed nothing (no transition to carry it)."""
+        with anyio.CancelScope(shield=True):
+            await self.coordinator.store.answer(
+                [Reply(message_id=message_id, body=encode_reply(error))]
+            )
+        self._answered(message_id)
+
+    def _answered(self, message_id: str) -> None:
+        self._seen.add(message_id)
+        self.coordinator._keeper.delivered.discard(message_id)
 
     def _emit(self, tg: anyio.abc.TaskGroup, effects: tuple[Effect, ...]) -> None:
         for effect in effects:

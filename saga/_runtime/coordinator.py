@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -15,23 +16,27 @@ from saga._core.codec import check_payload, dumps
 from saga._core.decide import Decision, decide, start
 from saga._core.definition import SagaDefinition
 from saga._core.state import SagaState, Status
-from saga._runtime.actor import Actor, Envelope
+from saga._runtime.actor import Actor, Envelope, Moved
 from saga._runtime.clock import Clock, SystemClock
 from saga._runtime.handle import SagaHandle, SagaOutcome
 from saga._runtime.history import RecordedEvent, decode_history, replay, transition
+from saga._runtime.ownership import OK, LeaseKeeper, LeasePolicy, default_node, encode_reply
 from saga._runtime.supervisor import ACTIVE, SupervisionPolicy, supervise
-from saga._store.port import NewInstance, Store, Transition
+from saga._store.port import InstanceRecord, NewInstance, Reply, Store, Transition
 from saga.errors import (
     ConflictError,
     CoordinatorError,
     DefinitionError,
+    FencedError,
     InvalidSagaIdError,
     NotFoundError,
+    SagaError,
     StartConflictError,
+    StoreError,
     UnknownSagaError,
 )
 
-__all__ = ["Coordinator", "SupervisionPolicy"]
+__all__ = ["Coordinator", "LeasePolicy", "SupervisionPolicy"]
 
 log = logging.getLogger("saga")
 
@@ -61,9 +66,16 @@ def _check_id(saga_id: object) -> str:
 class Coordinator:
     """Runs saga instances on a store, inside the caller's event loop (asyncio or trio).
 
-    Use as an async context manager. On entry it recovers every running or compensating
-    instance in the store (rebuilding it from history and re-issuing its outstanding work);
-    on exit it cancels its actors, letting compensations that have begun finish.
+    Use as an async context manager. On entry it claims every running or compensating
+    instance in the store that no other coordinator holds a live lease on (rebuilding each
+    from history and re-issuing its outstanding work); while it runs it renews its leases
+    and takes over the instances of coordinators that died or froze; on exit it cancels its
+    actors, letting compensations that have begun finish, and releases their leases so that
+    another coordinator takes them over at once.
+
+    Several coordinators (in one process or many) may share a store: each live instance
+    is driven by the one holding its lease, and any of them can start, cancel or resume
+    any instance.
 
     Args:
         store: where instances, histories and work items are kept.
@@ -72,7 +84,14 @@ class Coordinator:
         max_concurrent_steps: how many step attempts run at once, across all instances.
         supervision: how crashed actors are restarted.
         clock: the source of wall-clock time (tests bring a virtual one).
-        recover: rebuild and resume the store's unfinished instances on entry.
+        recover: claim and resume the store's unfinished instances no one holds, on entry
+            and whenever a lease lapses (takeover). With ``False`` this coordinator drives
+            only what it starts or resumes, or what ``recover()`` claims.
+        node: this coordinator's name in the store, unique among live coordinators.
+            Default: host, pid and a random part. Give a stable one per process slot
+            (a pod name, say) and a restarted process takes its instances back at once
+            instead of after their leases expire; never give two live processes the same.
+        leases: how instance leases are held, renewed and claimed.
 
     Raises:
         DefinitionError: two different definitions share a name and version.
@@ -87,6 +106,8 @@ class Coordinator:
         supervision: SupervisionPolicy | None = None,
         clock: Clock | None = None,
         recover: bool = True,
+        node: str | None = None,
+        leases: LeasePolicy | None = None,
     ) -> None:
         if isinstance(max_concurrent_steps, bool) or not (
             isinstance(max_concurrent_steps, int) and max_concurrent_steps >= 1
@@ -102,6 +123,10 @@ class Coordinator:
         # a CapacityLimiter yields while holding its token, so in a burst most attempts queue.
         self.limiter = anyio.Semaphore(max_concurrent_steps, fast_acquire=True)
         self.supervision = supervision or SupervisionPolicy()
+        if node is not None and not (isinstance(node, str) and 0 < len(node) <= 200):
+            raise ValueError(f"node must be a str of 1 to 200 characters, got {node!r}")
+        self.node = node or default_node()
+        self.leases = leases or LeasePolicy()
         self._recover_on_enter = recover
         self._definitions: dict[tuple[str, int], SagaDefinition] = {}
         self._newest: dict[str, SagaDefinition] = {}
@@ -110,6 +135,8 @@ class Coordinator:
         self._actors: dict[str, Actor] = {}
         self._waiters: dict[str, _Waiter] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._closing = False
+        self._keeper = LeaseKeeper(self, self.node, self.leases)
         #: Counters an operator (or a test) can read.
         self.restarts = 0
         self.conflicts = 0
@@ -145,11 +172,14 @@ class Coordinator:
     # -- lifecycle -----------------------------------------------------------------
 
     async def __aenter__(self) -> Coordinator:
+        self._closing = False
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         try:
             if self._recover_on_enter:
-                await self.recover()
+                # Ours from a previous run of this node, too: that run is over.
+                await self._keeper.claim(own=True)
+            self._task_group.start_soon(self._keeper.run)
         except BaseException:
             self._task_group.cancel_scope.cancel()
             await self._task_group.__aexit__(None, None, None)
@@ -159,37 +189,35 @@ class Coordinator:
 
     async def __aexit__(self, *exc_info: Any) -> None:
         assert self._task_group is not None, "Coordinator exited without being entered"
+        self._closing = True
+        actors = list(self._actors.values())
         self._task_group.cancel_scope.cancel()
         try:
             # The body's own exception is not handed to the task group: it propagates
             # as it was raised, not wrapped in an exception group.
             await self._task_group.__aexit__(None, None, None)
         finally:
+            held = {a.saga_id: a.epoch for a in actors if not (a.done or a.lost)}
             self._task_group = None
             self._actors.clear()
+            # Every actor has stopped (commits are shielded, so none is in flight): hand
+            # the leases back now rather than make a successor wait for them to expire.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.leases.duration):
+                try:
+                    await self._keeper.release(held)
+                except StoreError as exc:
+                    log.warning("node %s: leases not released (%s); they expire", self.node, exc)
 
     async def recover(self) -> int:
-        """Start an actor for every running or compensating instance that has none here.
+        """Claim every running or compensating instance no coordinator holds a live lease
+        on, and start its actor here. Returns how many were claimed.
 
-        Returns how many were started. Instances whose definition is not registered here
-        are left as they are (and logged), for a process that has it.
+        The coordinator does this by itself on entry and then every
+        ``leases.poll_interval``; call it to take over at once. Instances whose definition
+        is not registered here are left for a coordinator that has it.
         """
-        started = 0
-        for row in await self.store.instances(statuses=ACTIVE):
-            if row.saga_id in self._actors:
-                continue
-            definition = self._definitions.get((row.saga, row.version))
-            if definition is None:
-                log.warning(
-                    "saga %s: definition %s v%d is not registered here; left as it is",
-                    row.saga_id,
-                    row.saga,
-                    row.version,
-                )
-                continue
-            self._spawn(row.saga_id, definition, None)
-            started += 1
-        return started
+        self._require_running()
+        return await self._keeper.claim()
 
     # -- public entry points ---------------------------------------------------------
 
@@ -221,23 +249,31 @@ class Coordinator:
             saga=definition.name,
             version=definition.version,
             input=encoded,
-            transition=transition(0, decision, at=now),
+            transition=transition(0, decision, at=now, epoch=1),
+            owner=self.node,
+            lease=self.leases.duration,
         )
         # Shielded: a create handed to the store may land even if we are cancelled, and an
         # instance that landed must get its actor, or nothing would drive it.
         with anyio.CancelScope(shield=True):
             existing = await self.store.create(new)
             if existing is None:
-                self._spawn(saga_id, definition, decision)
+                self._spawn(saga_id, definition, decision, epoch=1)
         if existing is None:
             return SagaHandle(saga_id, self)
         if existing.saga != definition.name:
             raise StartConflictError(
                 saga_id, reason=f"it is an instance of {existing.saga!r}, not {definition.name!r}"
             )
-        if existing.input != encoded:
+        # Compared as JSON values: a store may give back equivalent text (Postgres JSONB).
+        if dumps(json.loads(existing.input)) != encoded:
             raise StartConflictError(saga_id, reason="it was started with a different input")
-        if existing.status in ACTIVE and saga_id not in self._actors:
+        # Not ours already (a concurrent start of ours may be spawning it) and no actor here.
+        if (
+            existing.status in ACTIVE
+            and existing.owner != self.node
+            and saga_id not in self._actors
+        ):
             running = self._definitions.get((existing.saga, existing.version))
             if running is None:  # as in recover(): left for a process that has it
                 log.warning(
@@ -246,8 +282,11 @@ class Coordinator:
                     existing.saga,
                     existing.version,
                 )
-            else:
-                self._spawn(saga_id, running, None)
+            else:  # nobody drives it (its owner died): take it, unless someone holds it
+                with anyio.CancelScope(shield=True):
+                    row = await self.store.acquire(saga_id, self.node, lease=self.leases.duration)
+                    if row is not None and row.owner == self.node and row.status in ACTIVE:
+                        self._spawn(saga_id, running, None, row.epoch)
         return SagaHandle(saga_id, self)
 
     def handle(self, saga_id: str) -> SagaHandle:
@@ -383,47 +422,90 @@ class Coordinator:
         return self._task_group
 
     async def _command(self, saga_id: str, message: msg.Message) -> None:
-        """Have the instance handle ``message``; return once its outcome is durable."""
+        """Have the instance handle ``message``; return once its outcome is durable.
+
+        Its actor handles it if it runs here; else we take the instance's lease if no one
+        holds it, or send the command to the coordinator that does.
+        """
         _check_id(saga_id)
         self._require_running()
         while True:
             actor = self._actors.get(saga_id)
-            if actor is None:
-                row = await self.store.instance(saga_id)
-                if row is None:
+            if actor is not None:
+                envelope = Envelope(message, anyio.Event())
+                try:
+                    await actor.send.send(envelope)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    continue  # it stopped meanwhile: look again
+                assert envelope.replied is not None
+                await envelope.replied.wait()
+                if isinstance(envelope.error, Moved | FencedError):
+                    continue  # not recorded, and the instance is elsewhere now
+                if envelope.error is not None:
+                    raise envelope.error
+                return
+            row = await self.store.instance(saga_id)
+            if row is None:
+                raise NotFoundError(saga_id)
+            definition = self.definition(row.saga, row.version)
+            if Status(row.status).terminal:  # it will never change: no lease needed
+                state = await self.load_state(saga_id)
+                decide(definition, state, message, self.clock.now())  # raises why not
+            with anyio.CancelScope(shield=True):  # a lease we take must not be left behind
+                taken = await self.store.acquire(saga_id, self.node, lease=self.leases.duration)
+                if taken is None:
                     raise NotFoundError(saga_id)
-                definition = self.definition(row.saga, row.version)
-                if row.status not in ACTIVE:
-                    # Nobody runs it (finished or suspended): decide and commit here.
-                    state = await self.load_state(saga_id)
-                    now = self.clock.now()
-                    decision = decide(definition, state, message, now)
-                    with anyio.CancelScope(shield=True):  # as in start: commit, then spawn
-                        if decision.events:
-                            await self._commit(transition(state.sequence, decision, at=now))
-                        if decision.state.status.value in ACTIVE:  # resumed
-                            self._spawn(saga_id, definition, None)
-                    return
-                actor = self._spawn(saga_id, definition, None)
-            envelope = Envelope(message, anyio.Event())
-            try:
-                await actor.send.send(envelope)
-            except anyio.ClosedResourceError:
-                continue  # it stopped meanwhile: ask the store again
-            assert envelope.replied is not None
-            await envelope.replied.wait()
-            if envelope.error is not None:
-                raise envelope.error
+                if taken.owner == self.node and taken.status in ACTIVE:
+                    self._spawn(saga_id, definition, None, taken.epoch)
+                    continue
+            assert taken is not None  # (mypy: a shielded scope never swallows the raise)
+            if taken.owner == self.node:
+                await self._decide_here(taken, message)
+                return
+            await self._keeper.ask(saga_id, message)
             return
 
-    def _spawn(self, saga_id: str, definition: SagaDefinition, boot: Decision | None) -> Actor:
+    async def _decide_here(
+        self, row: InstanceRecord, message: msg.Message, message_id: str | None = None
+    ) -> None:
+        """Handle a command for an instance no actor drives, under the lease we hold on it
+        (answering inbox message ``message_id`` with it); the lease ends with it unless the
+        command sets the instance going again."""
+        definition = self.definition(row.saga, row.version)
+        with anyio.CancelScope(shield=True):  # as in start: commit, then spawn
+            try:
+                state = await self.load_state(row.saga_id)
+                now = self.clock.now()
+                decision = decide(definition, state, message, now)
+            except SagaError as exc:
+                if message_id is not None:
+                    await self.store.answer([Reply(message_id=message_id, body=encode_reply(exc))])
+                await self._keeper.release({row.saga_id: row.epoch})
+                raise
+            replies = () if message_id is None else (Reply(message_id=message_id, body=OK),)
+            if not decision.events:
+                if replies:
+                    await self.store.answer(replies)
+                await self._keeper.release({row.saga_id: row.epoch})
+                return
+            await self._commit(
+                transition(state.sequence, decision, at=now, epoch=row.epoch, replies=replies)
+            )
+            if decision.state.status.value in ACTIVE:  # resumed: the lease is kept
+                self._spawn(row.saga_id, definition, None, row.epoch)
+
+    def _spawn(
+        self, saga_id: str, definition: SagaDefinition, boot: Decision | None, epoch: int
+    ) -> Actor:
         actor = self._actors.get(saga_id)
         if actor is None:  # else a concurrent start or recovery got there first
             task_group = self._require_running()
-            actor = self._actors[saga_id] = Actor(self, saga_id, definition)
+            actor = self._actors[saga_id] = Actor(self, saga_id, definition, epoch)
             if boot is not None:  # committed already: waiters need not read it back
                 actor.state = boot.state
             task_group.start_soon(supervise, self, actor, boot)
+        elif epoch > actor.epoch:  # we took our own instance again: keep the newest lease
+            actor.epoch = epoch
         return actor
 
     async def _commit(self, t: Transition) -> None:

@@ -12,7 +12,14 @@ from saga._core.codec import decode_event, encode_event
 from saga._core.decide import Decision
 from saga._core.events import Phase
 from saga._core.state import SagaState, Status, fold
-from saga._store.port import EventRecord, InstanceRecord, TaskRecord, Transition
+from saga._store.port import (
+    ACTIVE_STATUSES,
+    EventRecord,
+    InstanceRecord,
+    Reply,
+    TaskRecord,
+    Transition,
+)
 from saga.errors import CorruptHistoryError
 
 __all__ = ["RecordedEvent", "decode_history", "record", "replay", "task_id", "transition"]
@@ -58,16 +65,39 @@ def _work(
     return tuple(new), tuple(done)
 
 
-def transition(before: int, decision: Decision, *, at: float) -> Transition:
+def transition(
+    before: int,
+    decision: Decision,
+    *,
+    at: float,
+    epoch: int,
+    replies: tuple[Reply, ...] = (),
+) -> Transition:
     """The store transition of ``decision``, taken when the instance was at ``before``."""
     state = decision.state
-    return record(state.saga_id, before, decision.events, status=state.status, at=at)
+    return record(
+        state.saga_id,
+        before,
+        decision.events,
+        status=state.status,
+        at=at,
+        epoch=epoch,
+        replies=replies,
+    )
 
 
 def record(
-    saga_id: str, before: int, events: Sequence[ev.Event], *, status: Status, at: float
+    saga_id: str,
+    before: int,
+    events: Sequence[ev.Event],
+    *,
+    status: Status,
+    at: float,
+    epoch: int,
+    replies: tuple[Reply, ...] = (),
 ) -> Transition:
-    """The store transition appending ``events`` after sequence ``before``."""
+    """The store transition appending ``events`` after sequence ``before``, written by the
+    holder of lease ``epoch``; it ends the lease when the instance needs no driver."""
     records = tuple(
         EventRecord(
             saga_id=saga_id,
@@ -88,6 +118,9 @@ def record(
         at=at,
         new_tasks=new,
         done_tasks=done,
+        epoch=epoch,
+        ends_lease=status.value not in ACTIVE_STATUSES,
+        replies=replies,
     )
 
 

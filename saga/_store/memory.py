@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import anyio
 import attrs
 
-from saga._store.port import EventRecord, InstanceRecord, NewInstance, TaskRecord, Transition
-from saga.errors import ConflictError
+from saga._store.port import (
+    ACTIVE_STATUSES,
+    EventRecord,
+    InboxRecord,
+    InstanceRecord,
+    NewInstance,
+    Reply,
+    TaskRecord,
+    Transition,
+    Wake,
+)
+from saga._store.wakeups import Subscribers
+from saga.errors import ConflictError, FencedError
 
 __all__ = ["MemoryStore"]
 
@@ -20,6 +32,8 @@ class MemoryStore:
         self._instances: dict[str, InstanceRecord] = {}
         self._events: dict[str, list[EventRecord]] = {}
         self._tasks: dict[str, TaskRecord] = {}
+        self._inbox: dict[str, tuple[InboxRecord, str | None]] = {}  # insertion order
+        self._subscribers = Subscribers()
 
     async def __aenter__(self) -> MemoryStore:
         return self
@@ -33,6 +47,7 @@ class MemoryStore:
         existing = self._instances.get(t.saga_id)
         if existing is not None:
             return existing
+        owner = None if t.ends_lease else instance.owner
         self._instances[t.saga_id] = InstanceRecord(
             saga_id=t.saga_id,
             saga=instance.saga,
@@ -42,6 +57,9 @@ class MemoryStore:
             input=instance.input,
             created_at=t.at,
             updated_at=t.at,
+            owner=owner,
+            epoch=0 if owner is None else 1,
+            lease_until=None if owner is None else time.time() + instance.lease,
         )
         self._events[t.saga_id] = []
         self._apply(t)
@@ -51,12 +69,17 @@ class MemoryStore:
         await anyio.lowlevel.checkpoint()
         t = transition
         current = self._instances.get(t.saga_id)
+        if current is not None and current.epoch != t.epoch:
+            raise FencedError(t.saga_id, epoch=t.epoch, actual=current.epoch)
         actual = None if current is None else current.sequence
         if current is None or actual != t.expected_sequence:
             raise ConflictError(t.saga_id, expected=t.expected_sequence, actual=actual)
-        self._instances[t.saga_id] = attrs.evolve(
-            current, status=t.status, sequence=actual + len(t.events), updated_at=t.at
+        row = attrs.evolve(
+            current, status=t.status, sequence=current.sequence + len(t.events), updated_at=t.at
         )
+        if t.ends_lease:
+            row = attrs.evolve(row, owner=None, lease_until=None)
+        self._instances[t.saga_id] = row
         self._apply(t)
 
     def _apply(self, t: Transition) -> None:
@@ -65,6 +88,7 @@ class MemoryStore:
             self._tasks.pop(task_id, None)
         for task in t.new_tasks:
             self._tasks[task.task_id] = task
+        self._answer(t.replies)
 
     async def instance(self, saga_id: str) -> InstanceRecord | None:
         await anyio.lowlevel.checkpoint()
@@ -93,3 +117,122 @@ class MemoryStore:
             for k in sorted(self._tasks)
             if saga_id is None or self._tasks[k].saga_id == saga_id
         ]
+
+    # -- ownership ---------------------------------------------------------------------
+
+    def _free(self, row: InstanceRecord, owner: str | None, now: float) -> bool:
+        return (
+            row.owner is None
+            or row.owner == owner
+            or (row.lease_until is not None and row.lease_until <= now)
+        )
+
+    def _lease(self, row: InstanceRecord, owner: str, lease: float, now: float) -> InstanceRecord:
+        taken = attrs.evolve(row, owner=owner, epoch=row.epoch + 1, lease_until=now + lease)
+        self._instances[row.saga_id] = taken
+        return taken
+
+    async def acquire(self, saga_id: str, owner: str, *, lease: float) -> InstanceRecord | None:
+        await anyio.lowlevel.checkpoint()
+        row = self._instances.get(saga_id)
+        now = time.time()
+        if row is None or not self._free(row, owner, now):
+            return row
+        return self._lease(row, owner, lease, now)
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        lease: float,
+        limit: int,
+        sagas: Collection[tuple[str, int]],
+        own: bool = False,
+    ) -> Sequence[InstanceRecord]:
+        await anyio.lowlevel.checkpoint()
+        now = time.time()
+        wanted = set(sagas)
+        taken: list[InstanceRecord] = []
+        for saga_id in sorted(self._instances):
+            if len(taken) >= limit:
+                break
+            row = self._instances[saga_id]
+            if (
+                row.status in ACTIVE_STATUSES
+                and (row.saga, row.version) in wanted
+                and self._free(row, owner if own else None, now)
+            ):
+                taken.append(self._lease(row, owner, lease, now))
+        return taken
+
+    async def renew(
+        self, owner: str, leases: Mapping[str, int], *, lease: float
+    ) -> Collection[str]:
+        await anyio.lowlevel.checkpoint()
+        now = time.time()
+        held = set()
+        for saga_id, epoch in leases.items():
+            row = self._instances.get(saga_id)
+            if row is not None and row.owner == owner and row.epoch == epoch:
+                self._instances[saga_id] = attrs.evolve(row, lease_until=now + lease)
+                held.add(saga_id)
+        return held
+
+    async def release(self, owner: str, leases: Mapping[str, int]) -> None:
+        await anyio.lowlevel.checkpoint()
+        released = False
+        for saga_id, epoch in leases.items():
+            row = self._instances.get(saga_id)
+            if row is not None and row.owner == owner and row.epoch == epoch:
+                self._instances[saga_id] = attrs.evolve(row, owner=None, lease_until=None)
+                released = True
+        if released:
+            self._subscribers.wake(None, "released")
+
+    # -- the inbox ---------------------------------------------------------------------
+
+    async def send(self, message: InboxRecord) -> None:
+        await anyio.lowlevel.checkpoint()
+        if message.message_id in self._inbox:
+            return
+        self._inbox[message.message_id] = (message, None)
+        row = self._instances.get(message.saga_id)
+        if row is not None and row.owner is not None:
+            self._subscribers.wake(row.owner, "inbox")
+
+    async def inbox(
+        self, owner: str | None = None, *, saga_id: str | None = None, limit: int = 100
+    ) -> Sequence[InboxRecord]:
+        await anyio.lowlevel.checkpoint()
+        found: list[InboxRecord] = []
+        for message, reply in self._inbox.values():
+            if len(found) >= limit:
+                break
+            if reply is not None or (saga_id is not None and message.saga_id != saga_id):
+                continue
+            row = self._instances.get(message.saga_id)
+            if owner is None or (row is not None and row.owner == owner):
+                found.append(message)
+        return found
+
+    async def answer(self, replies: Sequence[Reply]) -> None:
+        await anyio.lowlevel.checkpoint()
+        self._answer(replies)
+
+    def _answer(self, replies: Sequence[Reply]) -> None:
+        for reply in replies:
+            entry = self._inbox.get(reply.message_id)
+            if entry is not None and entry[1] is None:
+                self._inbox[reply.message_id] = (entry[0], reply.body)
+                self._subscribers.wake(entry[0].sender, "reply")
+
+    async def take_reply(self, message_id: str) -> str | None:
+        await anyio.lowlevel.checkpoint()
+        entry = self._inbox.get(message_id)
+        if entry is None or entry[1] is None:
+            return None
+        del self._inbox[message_id]
+        return entry[1]
+
+    def subscribe(self, owner: str, wake: Wake) -> Callable[[], None]:
+        return self._subscribers.subscribe(owner, wake)

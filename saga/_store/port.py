@@ -6,12 +6,26 @@ runtime, so an adapter is a thin translation to its database and nothing more.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol
 
 import attrs
 
-__all__ = ["EventRecord", "InstanceRecord", "NewInstance", "Store", "TaskRecord", "Transition"]
+__all__ = [
+    "ACTIVE_STATUSES",
+    "EventRecord",
+    "InboxRecord",
+    "InstanceRecord",
+    "NewInstance",
+    "Reply",
+    "Store",
+    "TaskRecord",
+    "Transition",
+    "Wake",
+]
+
+#: Statuses of instances that someone must drive: the ones leases are claimed for.
+ACTIVE_STATUSES = ("running", "compensating")
 
 
 @attrs.frozen(kw_only=True)
@@ -50,14 +64,45 @@ class InstanceRecord:
     input: str
     created_at: float
     updated_at: float
+    #: The coordinator holding the instance's lease, or None.
+    owner: str | None = None
+    #: Incremented every time ownership changes hands; commits must carry the current one.
+    epoch: int = 0
+    #: When the lease ends, in the store's own clock (seconds since the Unix epoch).
+    lease_until: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Reply:
+    """The answer to an inbox message: ``body`` is JSON text the sender decodes."""
+
+    message_id: str
+    body: str
+
+
+@attrs.frozen(kw_only=True)
+class InboxRecord:
+    """A command for an instance, sent by a coordinator that does not own it.
+
+    ``message_id`` is unique: sending it again writes nothing. The owner answers it (in
+    the transaction that records its effect, or with ``Store.answer``); the sender then
+    takes the answer with ``Store.take_reply``, which deletes the row.
+    """
+
+    message_id: str
+    saga_id: str
+    sender: str
+    body: str
+    created_at: float
 
 
 @attrs.frozen(kw_only=True)
 class Transition:
     """Events and work of one decision, committed atomically or not at all.
 
-    The store accepts it only if the instance's sequence is still ``expected_sequence``;
-    ``events`` carry the sequences that follow it, in order.
+    The store accepts it only if the instance's sequence is still ``expected_sequence``
+    and its epoch is still ``epoch`` (fencing: a writer whose lease has passed to another is
+    refused); ``events`` carry the sequences that follow it, in order.
     """
 
     saga_id: str
@@ -67,6 +112,12 @@ class Transition:
     at: float
     new_tasks: tuple[TaskRecord, ...] = ()
     done_tasks: tuple[str, ...] = ()
+    #: The writer's epoch (ignored by ``create``).
+    epoch: int = 0
+    #: Clear owner and lease with this commit: the instance needs no driver any more.
+    ends_lease: bool = False
+    #: Inbox messages this transition answers, atomically with it.
+    replies: tuple[Reply, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -77,13 +128,24 @@ class NewInstance:
     version: int
     input: str
     transition: Transition
+    #: Created already leased to this coordinator (at epoch 1), or unowned (epoch 0).
+    owner: str | None = None
+    #: Lease duration in seconds, measured on the store's clock.
+    lease: float = 0.0
+
+
+#: Called by a store when something may be waiting for a coordinator: ``"inbox"`` (a message
+#: for an instance it owns), ``"reply"`` (an answer to a message it sent) or ``"released"``
+#: (leases were given up; there may be instances to claim). A hint, never the only path:
+#: coordinators also poll, so a store may drop wake-ups.
+Wake = Callable[[str], None]
 
 
 class Store(Protocol):
     """What the runtime needs of a store. Every method may raise ``StoreError``."""
 
     async def create(self, instance: NewInstance) -> InstanceRecord | None:
-        """Insert a new instance with its first transition.
+        """Insert a new instance with its first transition (leased to ``instance.owner``).
 
         Returns ``None`` when it was created, or the existing record (writing nothing) when
         an instance with that id exists already. Durable when it returns.
@@ -94,6 +156,8 @@ class Store(Protocol):
         """Append a transition. Durable when it returns.
 
         Raises:
+            FencedError: the instance's epoch is not ``transition.epoch``: its lease has
+                passed to another owner; nothing was written.
             ConflictError: the instance's sequence is not ``transition.expected_sequence``
                 (or it does not exist); nothing was written.
         """
@@ -115,4 +179,76 @@ class Store(Protocol):
 
     async def tasks(self, saga_id: str | None = None) -> Sequence[TaskRecord]:
         """Outstanding work items, of one instance or of all, ordered by id."""
+        ...
+
+    # -- ownership: every lease time is measured on the store's clock ---------------------
+
+    async def acquire(self, saga_id: str, owner: str, *, lease: float) -> InstanceRecord | None:
+        """Lease one instance to ``owner`` if no one else holds a live lease on it.
+
+        Whatever its status. Taking it (also from ``owner`` itself) increments its epoch.
+        Returns the row afterwards (``row.owner == owner`` when taken), or ``None`` if there
+        is no such instance.
+        """
+        ...
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        lease: float,
+        limit: int,
+        sagas: Collection[tuple[str, int]],
+        own: bool = False,
+    ) -> Sequence[InstanceRecord]:
+        """Lease to ``owner`` up to ``limit`` active instances of the ``(saga, version)``s
+        given that nobody holds a live lease on (with ``own``, also those ``owner`` holds:
+        a restarted coordinator taking back its own). One statement; rows another claimer
+        has locked are skipped, never waited for. Each taken row's epoch increments.
+        Returns the rows taken.
+        """
+        ...
+
+    async def renew(
+        self, owner: str, leases: Mapping[str, int], *, lease: float
+    ) -> Collection[str]:
+        """Extend the leases ``owner`` still holds at the given ``{saga_id: epoch}``.
+
+        Returns the ids renewed; the others have passed to another owner (or ended).
+        """
+        ...
+
+    async def release(self, owner: str, leases: Mapping[str, int]) -> None:
+        """Give up the leases ``owner`` holds at the given ``{saga_id: epoch}`` at once, so
+        another coordinator may claim them without waiting for expiry (and wake them)."""
+        ...
+
+    # -- the inbox: commands for instances another coordinator owns ------------------------
+
+    async def send(self, message: InboxRecord) -> None:
+        """Queue ``message`` for its instance and wake the owner; durable when it returns.
+
+        Idempotent: a message id sent before (answered or not) writes nothing.
+        """
+        ...
+
+    async def inbox(
+        self, owner: str | None = None, *, saga_id: str | None = None, limit: int = 100
+    ) -> Sequence[InboxRecord]:
+        """Unanswered messages, oldest first: to instances ``owner`` holds, and/or to
+        ``saga_id``."""
+        ...
+
+    async def answer(self, replies: Sequence[Reply]) -> None:
+        """Answer messages (those answered already keep their first answer); wake senders."""
+        ...
+
+    async def take_reply(self, message_id: str) -> str | None:
+        """The answer to a message, deleting it; ``None`` while it has none (or is gone)."""
+        ...
+
+    def subscribe(self, owner: str, wake: Wake) -> Callable[[], None]:
+        """Call ``wake(kind)`` on wake-ups for ``owner`` (see :data:`Wake`) until the
+        returned function is called. A store without cross-process wake-ups may only call
+        it for what happens in this process."""
         ...

@@ -173,7 +173,11 @@ async def run(args: argparse.Namespace) -> dict[str, int]:
 
     async with (
         SQLiteStore(args.db) as store,
-        Coordinator(store, [definition], max_concurrent_steps=args.concurrency) as coordinator,
+        # One process slot, restarted after each kill: a stable node name lets each run
+        # take the previous run's instances back at once, not after their leases expire.
+        Coordinator(
+            store, [definition], max_concurrent_steps=args.concurrency, node="crash-worker"
+        ) as coordinator,
         anyio.create_task_group() as tg,
     ):
         for saga_id in saga_ids(args.sagas):

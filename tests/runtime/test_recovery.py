@@ -295,7 +295,7 @@ async def test_a_start_cancelled_mid_write_still_gets_its_actor() -> None:
 
 
 class _DownStore(MemoryStore):
-    async def instances(self, **kw: Any) -> Any:
+    async def claim(self, *args: Any, **kw: Any) -> Any:
         raise StoreUnavailableError("db down")
 
 

@@ -43,6 +43,21 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX saga_tasks_saga ON saga_tasks (saga_id);
     CREATE INDEX saga_tasks_due ON saga_tasks (run_after);
     """,
+    # 2: leases are claimed by status and expiry; commands for instances owned elsewhere.
+    """
+    CREATE INDEX saga_instances_owner ON saga_instances (owner, saga_id);
+    CREATE TABLE saga_inbox (
+        position    INTEGER PRIMARY KEY,
+        message_id  TEXT NOT NULL UNIQUE,
+        saga_id     TEXT NOT NULL,
+        sender      TEXT NOT NULL,
+        body        TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        reply       TEXT,
+        replied_at  REAL
+    );
+    CREATE INDEX saga_inbox_saga ON saga_inbox (saga_id, position);
+    """,
 )
 
 VERSION = len(MIGRATIONS)

@@ -9,9 +9,10 @@ reached through ``anyio.to_thread``, so the store runs the same under asyncio an
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -19,8 +20,19 @@ import anyio.abc
 import anyio.to_thread
 import attrs
 
-from saga._store.port import EventRecord, InstanceRecord, NewInstance, TaskRecord, Transition
-from saga.errors import ConflictError, StoreError, StoreUnavailableError
+from saga._store.port import (
+    ACTIVE_STATUSES,
+    EventRecord,
+    InboxRecord,
+    InstanceRecord,
+    NewInstance,
+    Reply,
+    TaskRecord,
+    Transition,
+    Wake,
+)
+from saga._store.wakeups import Subscribers
+from saga.errors import ConflictError, FencedError, StoreError, StoreUnavailableError
 from saga_adapters.sqlite._schema import migrate
 
 __all__ = ["SQLiteStore"]
@@ -28,7 +40,16 @@ __all__ = ["SQLiteStore"]
 T = TypeVar("T")
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
-_INSTANCE_COLUMNS = "saga_id, saga, version, status, sequence, input, created_at, updated_at"
+_INSTANCE_COLUMNS = (
+    "saga_id, saga, version, status, sequence, input, created_at, updated_at, owner, epoch, "
+    "lease_until"
+)
+_INBOX_COLUMNS = "message_id, saga_id, sender, body, created_at"
+
+#: The database clock, in seconds since the Unix epoch: every lease is measured on it.
+_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+#: A lease nobody holds: no owner, or expired (or, for ``?`` bound to a name, held by it).
+_FREE = f"(owner IS NULL OR lease_until <= {_NOW} OR owner = ?)"
 
 
 # Primary result codes that say "not now" rather than "never": busy or locked by another
@@ -68,6 +89,15 @@ def _instance(row: Sequence[Any]) -> InstanceRecord:
         input=row[5],
         created_at=row[6],
         updated_at=row[7],
+        owner=row[8],
+        epoch=row[9],
+        lease_until=row[10],
+    )
+
+
+def _inbox(row: Sequence[Any]) -> InboxRecord:
+    return InboxRecord(
+        message_id=row[0], saga_id=row[1], sender=row[2], body=row[3], created_at=row[4]
     )
 
 
@@ -118,6 +148,8 @@ class SQLiteStore:
         self._wake: anyio.Event
         self._pending: list[_Write] = []
         self._task_group: anyio.abc.TaskGroup | None = None
+        # Other processes sharing the file are not woken: their coordinators poll.
+        self._subscribers = Subscribers()
         #: How many transactions the writer committed, and how many writes they carried.
         self.batches = 0
         self.writes = 0
@@ -227,24 +259,30 @@ class SQLiteStore:
                 # Shielded: once a batch is handed to the thread, its waiters must hear
                 # the outcome even if the store is being closed.
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self._write_batch, batch, limiter=self._limiter)
+                    senders = await anyio.to_thread.run_sync(
+                        self._write_batch, batch, limiter=self._limiter
+                    )
+                for sender in senders:
+                    self._subscribers.wake(sender, "reply")
                 self.batches += 1
                 self.writes += len(batch)
                 for write in batch:
                     write.done.set()
 
-    def _write_batch(self, batch: list[_Write]) -> None:
+    def _write_batch(self, batch: list[_Write]) -> list[str]:
         """One transaction for the whole batch; each write is checked on its own.
 
         If the batch fails for a reason that is not transient, each write is tried again in a
         transaction of its own, so that one bad write fails alone, not its batch-mates.
+        Returns the senders of the inbox messages the batch answered.
         """
+        senders: list[str] = []
         try:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
                 accepted = [t for t in (self._stage(db, w) for w in batch) if t is not None]
-                self._append(db, accepted)
+                senders = self._append(db, accepted)
                 db.execute("COMMIT")
             except BaseException:
                 # SQLite rolls back by itself on some errors (disk full, I/O); a second
@@ -257,16 +295,19 @@ class SQLiteStore:
             if len(batch) > 1 and not isinstance(error, StoreUnavailableError):
                 for write in batch:
                     write.result = write.error = None
-                    self._write_batch([write])
-                return
+                    senders.extend(self._write_batch([write]))
+                return senders
             for write in batch:
                 write.error = error
                 write.result = None
+            return []
         except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
             for write in batch:
                 write.error = StoreError(f"sqlite: {type(exc).__name__}: {exc}")
                 write.error.__cause__ = exc
                 write.result = None
+            return []
+        return senders
 
     @staticmethod
     def _stage(db: sqlite3.Connection, write: _Write) -> Transition | None:
@@ -274,11 +315,26 @@ class SQLiteStore:
         op = write.op
         if isinstance(op, NewInstance):
             t = op.transition
+            owner = None if t.ends_lease else op.owner
             cur = db.execute(
                 "INSERT INTO saga_instances (saga_id, saga, version, status, sequence, input, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "created_at, updated_at, owner, epoch, lease_until) "
+                f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN ? THEN {_NOW} + ? END) "
                 "ON CONFLICT (saga_id) DO NOTHING",
-                (t.saga_id, op.saga, op.version, t.status, len(t.events), op.input, t.at, t.at),
+                (
+                    t.saga_id,
+                    op.saga,
+                    op.version,
+                    t.status,
+                    len(t.events),
+                    op.input,
+                    t.at,
+                    t.at,
+                    owner,
+                    0 if owner is None else 1,
+                    owner is not None,
+                    op.lease,
+                ),
             )
             if cur.rowcount == 1:
                 return t
@@ -289,22 +345,36 @@ class SQLiteStore:
             return None
         t = op
         cur = db.execute(
-            "UPDATE saga_instances SET status = ?, sequence = ?, updated_at = ? "
-            "WHERE saga_id = ? AND sequence = ?",
-            (t.status, t.expected_sequence + len(t.events), t.at, t.saga_id, t.expected_sequence),
+            "UPDATE saga_instances SET status = ?, sequence = ?, updated_at = ?, "
+            "owner = CASE WHEN ? THEN NULL ELSE owner END, "
+            "lease_until = CASE WHEN ? THEN NULL ELSE lease_until END "
+            "WHERE saga_id = ? AND sequence = ? AND epoch = ?",
+            (
+                t.status,
+                t.expected_sequence + len(t.events),
+                t.at,
+                t.ends_lease,
+                t.ends_lease,
+                t.saga_id,
+                t.expected_sequence,
+                t.epoch,
+            ),
         )
         if cur.rowcount == 1:
             return t
         row = db.execute(
-            "SELECT sequence FROM saga_instances WHERE saga_id = ?", (t.saga_id,)
+            "SELECT sequence, epoch FROM saga_instances WHERE saga_id = ?", (t.saga_id,)
         ).fetchone()
-        write.error = ConflictError(
-            t.saga_id, expected=t.expected_sequence, actual=None if row is None else row[0]
-        )
+        if row is not None and row[1] != t.epoch:
+            write.error = FencedError(t.saga_id, epoch=t.epoch, actual=row[1])
+        else:
+            write.error = ConflictError(
+                t.saga_id, expected=t.expected_sequence, actual=None if row is None else row[0]
+            )
         return None
 
     @staticmethod
-    def _append(db: sqlite3.Connection, accepted: list[Transition]) -> None:
+    def _append(db: sqlite3.Connection, accepted: list[Transition]) -> list[str]:
         db.executemany(
             "INSERT INTO saga_events (saga_id, sequence, type, schema, data, recorded_at) "
             "VALUES (?, ?, ?, ?, ?, ?)",
@@ -328,6 +398,8 @@ class SQLiteStore:
                 "run_after) VALUES (?, ?, ?, ?, ?, ?)",
                 new,
             )
+        replies = [reply for t in accepted for reply in t.replies]
+        return _answer(db, replies) if replies else []
 
     # -- reads -------------------------------------------------------------------
 
@@ -399,3 +471,170 @@ class SQLiteStore:
             ]
 
         return await self._read(read)
+
+    # -- ownership: each a transaction of its own on the writer connection -----------------
+
+    async def _exclusive(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return result
+
+        if self._task_group is None:
+            raise StoreUnavailableError("the SQLite store is not open (use 'async with')")
+        return await self._run(run, limiter=self._limiter)
+
+    async def acquire(self, saga_id: str, owner: str, *, lease: float) -> InstanceRecord | None:
+        def write(db: sqlite3.Connection) -> InstanceRecord | None:
+            row = db.execute(
+                "UPDATE saga_instances SET owner = ?, epoch = epoch + 1, "
+                f"lease_until = {_NOW} + ? WHERE saga_id = ? AND {_FREE} "
+                f"RETURNING {_INSTANCE_COLUMNS}",
+                (owner, lease, saga_id, owner),
+            ).fetchone()
+            if row is None:
+                row = db.execute(
+                    f"SELECT {_INSTANCE_COLUMNS} FROM saga_instances WHERE saga_id = ?", (saga_id,)
+                ).fetchone()
+            return None if row is None else _instance(row)
+
+        return await self._exclusive(write)
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        lease: float,
+        limit: int,
+        sagas: Collection[tuple[str, int]],
+        own: bool = False,
+    ) -> Sequence[InstanceRecord]:
+        kinds = json.dumps(sorted([name, version] for name, version in sagas))
+        statuses = json.dumps(ACTIVE_STATUSES)
+
+        def write(db: sqlite3.Connection) -> list[InstanceRecord]:
+            # One statement. SQLite has no SKIP LOCKED: BEGIN IMMEDIATE makes claimers
+            # (of every process on the file) take turns instead.
+            rows = db.execute(
+                "UPDATE saga_instances SET owner = ?, epoch = epoch + 1, "
+                f"lease_until = {_NOW} + ? WHERE saga_id IN ("
+                "  SELECT saga_id FROM saga_instances"
+                "  WHERE status IN (SELECT value FROM json_each(?))"
+                "  AND EXISTS (SELECT 1 FROM json_each(?) k"
+                "    WHERE json_extract(k.value, '$[0]') = saga"
+                "    AND json_extract(k.value, '$[1]') = version)"
+                f"  AND {_FREE} ORDER BY saga_id LIMIT ?"
+                f") RETURNING {_INSTANCE_COLUMNS}",
+                (owner, lease, statuses, kinds, owner if own else None, limit),
+            ).fetchall()
+            return sorted((_instance(row) for row in rows), key=lambda r: r.saga_id)
+
+        return await self._exclusive(write)
+
+    async def renew(
+        self, owner: str, leases: Mapping[str, int], *, lease: float
+    ) -> Collection[str]:
+        held = json.dumps(dict(leases))
+
+        def write(db: sqlite3.Connection) -> set[str]:
+            rows = db.execute(
+                f"UPDATE saga_instances SET lease_until = {_NOW} + ? "
+                "WHERE owner = ? AND (saga_id, epoch) IN (SELECT key, value FROM json_each(?)) "
+                "RETURNING saga_id",
+                (lease, owner, held),
+            ).fetchall()
+            return {row[0] for row in rows}
+
+        return await self._exclusive(write) if leases else set()
+
+    async def release(self, owner: str, leases: Mapping[str, int]) -> None:
+        held = json.dumps(dict(leases))
+
+        def write(db: sqlite3.Connection) -> int:
+            return db.execute(
+                "UPDATE saga_instances SET owner = NULL, lease_until = NULL "
+                "WHERE owner = ? AND (saga_id, epoch) IN (SELECT key, value FROM json_each(?))",
+                (owner, held),
+            ).rowcount
+
+        if not leases:
+            return
+        released = await self._exclusive(write)
+        if released:
+            self._subscribers.wake(None, "released")
+
+    # -- the inbox -----------------------------------------------------------------------
+
+    async def send(self, message: InboxRecord) -> None:
+        m = message
+
+        def write(db: sqlite3.Connection) -> tuple[int, str | None]:
+            cur = db.execute(
+                "INSERT INTO saga_inbox (message_id, saga_id, sender, body, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING",
+                (m.message_id, m.saga_id, m.sender, m.body, m.created_at),
+            )
+            row = db.execute(
+                "SELECT owner FROM saga_instances WHERE saga_id = ?", (m.saga_id,)
+            ).fetchone()
+            return cur.rowcount, None if row is None else row[0]
+
+        inserted, owner = await self._exclusive(write)
+        if inserted and owner is not None:
+            self._subscribers.wake(owner, "inbox")
+
+    async def inbox(
+        self, owner: str | None = None, *, saga_id: str | None = None, limit: int = 100
+    ) -> Sequence[InboxRecord]:
+        def read(db: sqlite3.Connection) -> list[InboxRecord]:
+            rows = db.execute(
+                f"SELECT {', '.join('i.' + c for c in _INBOX_COLUMNS.split(', '))} "
+                "FROM saga_inbox i LEFT JOIN saga_instances s ON s.saga_id = i.saga_id "
+                "WHERE i.reply IS NULL AND (? IS NULL OR s.owner = ?) "
+                "AND (? IS NULL OR i.saga_id = ?) ORDER BY i.position LIMIT ?",
+                (owner, owner, saga_id, saga_id, limit),
+            ).fetchall()
+            return [_inbox(row) for row in rows]
+
+        return await self._read(read)
+
+    async def answer(self, replies: Sequence[Reply]) -> None:
+        if not replies:
+            return
+        for sender in await self._exclusive(lambda db: _answer(db, replies)):
+            self._subscribers.wake(sender, "reply")
+
+    async def take_reply(self, message_id: str) -> str | None:
+        def write(db: sqlite3.Connection) -> str | None:
+            row = db.execute(
+                "DELETE FROM saga_inbox WHERE message_id = ? AND reply IS NOT NULL "
+                "RETURNING reply",
+                (message_id,),
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._exclusive(write)
+
+    def subscribe(self, owner: str, wake: Wake) -> Callable[[], None]:
+        return self._subscribers.subscribe(owner, wake)
+
+
+def _answer(db: sqlite3.Connection, replies: Sequence[Reply]) -> list[str]:
+    """Answer the messages not answered yet; returns their senders."""
+    senders = []
+    for reply in replies:
+        row = db.execute(
+            f"UPDATE saga_inbox SET reply = ?, replied_at = {_NOW} "
+            "WHERE message_id = ? AND reply IS NULL RETURNING sender",
+            (reply.body, reply.message_id),
+        ).fetchone()
+        if row is not None:
+            senders.append(row[0])
+    return senders

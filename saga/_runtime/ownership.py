@@ -1,0 +1,319 @@
+"""Ownership across processes: leases, fencing epochs, takeover, and the inbox.
+
+Every live instance is leased to one coordinator (its *node*). The lease keeper of each
+coordinator renews the leases of the actors it runs, claims instances whose lease nobody
+holds (released at a graceful shutdown, or expired with a dead or frozen owner), and hands
+its actors the commands other coordinators left in the store's inbox for them. A command
+for an instance another node owns goes through that inbox (see ``ask``).
+
+Stores wake the keeper when something may be waiting (``Store.subscribe``); it also polls,
+so a lost wake-up costs at most one ``poll_interval``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import secrets
+import socket
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import anyio
+import attrs
+
+from saga._core import messages as msg
+from saga._core.codec import decode_command, dumps, encode_command
+from saga._store.port import ACTIVE_STATUSES, InboxRecord, Reply
+from saga.errors import CommandRejected, CoordinatorError, SagaError, StoreError
+
+if TYPE_CHECKING:
+    from saga._runtime.actor import Actor
+    from saga._runtime.coordinator import Coordinator
+
+__all__ = ["LeasePolicy", "LeaseKeeper", "default_node", "decode_reply", "encode_reply"]
+
+log = logging.getLogger("saga")
+
+OK = dumps({"ok": True})
+
+
+def _positive(name: str) -> Callable[[object, attrs.Attribute[float], float], None]:
+    def check(_: object, __: attrs.Attribute[float], value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class LeasePolicy:
+    """How a coordinator holds, renews and claims instance leases.
+
+    Args:
+        duration: how long a lease lasts unless renewed, in seconds of the store's clock.
+            A dead or frozen owner's instances are taken over this long after its last
+            renewal.
+        renew_every: how often the leases are renewed (default: a third of ``duration``).
+        poll_interval: how often to look for instances to claim, inbox messages and
+            replies when no wake-up came.
+        claim_batch: the most instances one claim takes.
+    """
+
+    duration: float = attrs.field(default=10.0, validator=_positive("duration"))
+    renew_every: float = attrs.field(
+        default=attrs.Factory(lambda self: self.duration / 3, takes_self=True),
+        validator=_positive("renew_every"),
+    )
+    poll_interval: float = attrs.field(default=1.0, validator=_positive("poll_interval"))
+    claim_batch: int = 100
+
+    def __attrs_post_init__(self) -> None:
+        if self.renew_every >= self.duration:
+            raise ValueError(
+                f"renew_every ({self.renew_every}) must be shorter than duration "
+                f"({self.duration}), or leases lapse between renewals"
+            )
+        if isinstance(self.claim_batch, bool) or not (
+            isinstance(self.claim_batch, int) and self.claim_batch >= 1
+        ):
+            raise ValueError(f"claim_batch must be an int >= 1, got {self.claim_batch!r}")
+
+
+def default_node() -> str:
+    """A name for this coordinator no other live one has: host, pid, and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def encode_reply(error: Exception | None) -> str:
+    """The inbox answer for a command: done, or why not."""
+    if error is None:
+        return OK
+    if isinstance(error, CommandRejected):
+        return dumps(
+            {
+                "error": "CommandRejected",
+                "command": error.command,
+                "status": error.status,
+                "reason": error.reason,
+            }
+        )
+    return dumps({"error": type(error).__name__, "message": str(error)})
+
+
+def decode_reply(saga_id: str, body: str) -> Exception | None:
+    """The error an inbox answer carries (``None`` when the command was recorded)."""
+    raw = json.loads(body)
+    if raw.get("ok") is True:
+        return None
+    if raw.get("error") == "CommandRejected":
+        return CommandRejected(
+            saga_id, command=raw["command"], status=raw["status"], reason=raw["reason"]
+        )
+    return CoordinatorError(f"saga {saga_id!r}: its owner failed: {raw['error']}: {raw['message']}")
+
+
+class _Pulse:
+    """An event that can be waited for again after it fired."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = anyio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            await self._event.wait()
+
+
+class LeaseKeeper:
+    """Renews, claims and delivers for one coordinator; see the module docstring."""
+
+    def __init__(self, coordinator: Coordinator, node: str, policy: LeasePolicy) -> None:
+        self.coordinator = coordinator
+        self.node = node
+        self.policy = policy
+        self.store = coordinator.store
+        #: Inbox messages handed to an actor and not answered yet.
+        self.delivered: set[str] = set()
+        self._work = _Pulse()  # something to claim or deliver
+        self._replies = _Pulse()  # an answer may have come
+        self._held_until = math.inf  # local deadline of the last successful renewal
+        #: Counters an operator (or a test) can read.
+        self.claimed = 0
+        self.lost = 0
+        self.renew_failures = 0
+
+    def wake(self, kind: str) -> None:
+        """The store's wake-up: called in the event loop, never blocks."""
+        if kind == "reply":
+            self._replies.fire()
+        else:
+            self._work.fire()
+
+    async def run(self) -> None:
+        """Renew, claim and deliver until cancelled."""
+        unsubscribe = self.store.subscribe(self.node, self.wake)
+        try:
+            next_renewal = anyio.current_time() + self.policy.renew_every
+            while True:
+                wait = min(self.policy.poll_interval, next_renewal - anyio.current_time())
+                await self._work.wait(max(wait, 0.0))
+                try:
+                    if anyio.current_time() >= next_renewal:
+                        next_renewal = anyio.current_time() + self.policy.renew_every
+                        await self.renew()
+                    if self.coordinator._recover_on_enter:
+                        await self.claim()
+                    await self.deliver()
+                except StoreError as exc:
+                    log.warning("node %s: store unavailable for leases: %s", self.node, exc)
+                    if anyio.current_time() > self._held_until:
+                        self._lose_all("its leases could not be renewed in time")
+                    await anyio.sleep(self.policy.poll_interval)
+                self._replies.fire()  # requesters poll on this beat too
+        finally:
+            unsubscribe()
+
+    # -- leases --------------------------------------------------------------------------
+
+    async def claim(self, *, own: bool = False) -> int:
+        """Take every claimable instance we have a definition for; returns how many."""
+        coordinator = self.coordinator
+        taken = 0
+        while True:
+            rows = await self.store.claim(
+                self.node,
+                lease=self.policy.duration,
+                limit=self.policy.claim_batch,
+                sagas=list(coordinator._definitions),
+                own=own,
+            )
+            for row in rows:
+                # If an actor runs it already, our lease lapsed and we took it back: the
+                # actor carries on at the new epoch (had anyone written meanwhile, its
+                # sequence check would catch it).
+                definition = coordinator._definitions[(row.saga, row.version)]
+                coordinator._spawn(row.saga_id, definition, None, row.epoch)
+            taken += len(rows)
+            if len(rows) < self.policy.claim_batch:
+                break
+        if taken:
+            self.claimed += taken
+            log.info("node %s: claimed %d instance(s)", self.node, taken)
+            self._work.fire()  # their inbox may hold messages
+        return taken
+
+    async def renew(self) -> None:
+        """Renew the leases of our actors; stop those whose lease passed to another."""
+        actors = dict(self.coordinator._actors)
+        started = anyio.current_time()
+        try:
+            held = await self.store.renew(
+                self.node,
+                {saga_id: actor.epoch for saga_id, actor in actors.items()},
+                lease=self.policy.duration,
+            )
+        except StoreError:
+            self.renew_failures += 1
+            raise
+        self._held_until = started + self.policy.duration
+        for saga_id, actor in actors.items():
+            if saga_id not in held and not actor.done:
+                self.lose(actor, "its lease passed to another owner")
+
+    def lose(self, actor: Actor, why: str) -> None:
+        """Stop an actor whose instance is no longer ours."""
+        if not actor.lost:
+            log.warning("saga %s: stopped here: %s", actor.saga_id, why)
+            self.lost += 1
+            actor.lose()
+
+    def _lose_all(self, why: str) -> None:
+        for actor in list(self.coordinator._actors.values()):
+            self.lose(actor, why)
+
+    async def release(self, leases: dict[str, int]) -> None:
+        """Give leases up at once (graceful shutdown, an actor that stopped early)."""
+        if leases:
+            await self.store.release(self.node, leases)
+
+    # -- the inbox -----------------------------------------------------------------------
+
+    async def deliver(self) -> None:
+        """Hand our actors the commands waiting for them in the inbox."""
+        from saga._runtime.actor import Envelope
+
+        coordinator = self.coordinator
+        for record in await self.store.inbox(self.node, limit=self.policy.claim_batch):
+            if record.message_id in self.delivered:
+                continue
+            actor = coordinator._actors.get(record.saga_id)
+            if actor is None:
+                continue  # ours but not running yet (or stopping): the next beat
+            try:
+                command = decode_command(record.body)
+            except ValueError as exc:
+                error = CoordinatorError(f"undecodable command: {exc}")
+                await self.store.answer(
+                    [Reply(message_id=record.message_id, body=encode_reply(error))]
+                )
+                continue
+            self.delivered.add(record.message_id)
+            try:
+                actor.send.send_nowait(Envelope(command, message_id=record.message_id))
+            except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self.delivered.discard(record.message_id)  # full or gone: next beat
+
+    async def ask(self, saga_id: str, command: msg.Message) -> None:
+        """Have the owner of ``saga_id`` (another node) handle ``command``; durable once
+        sent. Returns when it was recorded; raises what the owner answered.
+
+        If the owner dies meanwhile, whoever takes the instance over answers instead, and
+        that may be us: while waiting we try to take it (it only succeeds once no one
+        holds a live lease).
+        """
+        coordinator = self.coordinator
+        message_id = uuid.uuid4().hex
+        await self.store.send(
+            InboxRecord(
+                message_id=message_id,
+                saga_id=saga_id,
+                sender=self.node,
+                body=encode_command(command),
+                created_at=coordinator.clock.now(),
+            )
+        )
+        while True:
+            body = await self.store.take_reply(message_id)
+            if body is not None:
+                error = decode_reply(saga_id, body)
+                if error is not None:
+                    raise error
+                return
+            await self._replies.wait(self.policy.poll_interval)
+            if saga_id in coordinator._actors:
+                continue  # ours now: our own delivery hands it the message
+            row = await self.store.acquire(saga_id, self.node, lease=self.policy.duration)
+            if row is None or row.owner != self.node:
+                continue
+            if row.status in ACTIVE_STATUSES:
+                definition = coordinator.definition(row.saga, row.version)
+                coordinator._spawn(saga_id, definition, None, row.epoch)
+                self._work.fire()
+                continue
+            # It ended or was parked before its owner read our message: answer it here.
+            try:
+                await coordinator._decide_here(row, command, message_id)
+            except SagaError as exc:
+                await self.store.take_reply(message_id)
+                raise exc from None
+            await self.store.take_reply(message_id)
+            return
