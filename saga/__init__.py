@@ -11,7 +11,7 @@ from saga._core.definition import RetryPolicy, SagaDefinition, Step, StepKind
 from saga._core.events import ErrorInfo, Phase
 from saga._core.state import Attempt, SagaState, Status
 from saga._runtime.clock import Clock, SystemClock
-from saga._runtime.coordinator import Coordinator, SupervisionPolicy
+from saga._runtime.coordinator import Coordinator, LeasePolicy, SupervisionPolicy
 from saga._runtime.handle import SagaHandle, SagaOutcome
 from saga._runtime.history import RecordedEvent
 from saga._store.memory import MemoryStore
@@ -22,6 +22,7 @@ __all__ = [
     "Clock",
     "Coordinator",
     "ErrorInfo",
+    "LeasePolicy",
     "MemoryStore",
     "Phase",
     "RecordedEvent",

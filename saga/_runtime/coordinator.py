@@ -40,9 +40,6 @@ __all__ = ["Coordinator", "LeasePolicy", "SupervisionPolicy"]
 
 log = logging.getLogger("saga")
 
-#: Seconds between store reads while waiting for an instance no actor of ours runs.
-SETTLE_POLL_INTERVAL = 1.0
-
 
 @attrs.define(eq=False)
 class _Waiter:
@@ -140,6 +137,8 @@ class Coordinator:
         #: Counters an operator (or a test) can read.
         self.restarts = 0
         self.conflicts = 0
+        #: Commits refused because the lease had passed to another owner.
+        self.fenced = 0
 
     def _register(self, definition: SagaDefinition) -> None:
         if not isinstance(definition, SagaDefinition):
@@ -394,7 +393,7 @@ class Coordinator:
                     if done(await self.status(saga_id)):
                         return None
                     # Another process may run it: ask the store again now and then.
-                    with anyio.move_on_after(SETTLE_POLL_INTERVAL):
+                    with anyio.move_on_after(self.leases.poll_interval):
                         await waiter.event.wait()
                 if waiter.state is not None and done(waiter.state.status):
                     return waiter.state
@@ -513,6 +512,9 @@ class Coordinator:
             await self.store.commit(t)
         except ConflictError:
             self.conflicts += 1
+            raise
+        except FencedError:
+            self.fenced += 1
             raise
 
     def _settled(self, saga_id: str, state: SagaState | None = None) -> None:
