@@ -162,6 +162,8 @@ class LeaseKeeper:
         """Renew, claim and deliver until cancelled."""
         unsubscribe = self.store.subscribe(self.node, self.wake)
         try:
+            # The leases taken on entry are fresh; renewals push this deadline on.
+            self._held_until = anyio.current_time() + self.policy.duration
             next_renewal = anyio.current_time() + self.policy.renew_every
             while True:
                 wait = min(self.policy.poll_interval, next_renewal - anyio.current_time())

@@ -17,6 +17,7 @@ import pytest
 from saga import (
     Coordinator,
     LeasePolicy,
+    MemoryStore,
     RetryPolicy,
     SagaDefinition,
     Status,
@@ -29,7 +30,7 @@ from saga._core.codec import dumps
 from saga._core.decide import start as decide_start
 from saga._runtime.history import record, transition
 from saga._store.port import NewInstance
-from saga.errors import CommandRejected
+from saga.errors import CommandRejected, StoreUnavailableError
 
 pytestmark = pytest.mark.anyio
 
@@ -286,3 +287,37 @@ async def test_ended_instances_hold_no_lease(store: Any) -> None:
     assert (row.owner, row.lease_until) == (None, None)
     assert row.epoch == 1
     assert isinstance((await a.history("s1"))[-1].event, ev.SagaCompleted)
+
+
+class _Partitioned(MemoryStore):
+    """A store this node cannot renew its leases on while ``cut`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cut = False
+
+    async def renew(self, *args: Any, **kw: Any) -> Any:
+        if self.cut:
+            raise StoreUnavailableError("network partition")
+        return await super().renew(*args, **kw)
+
+
+async def test_a_node_that_cannot_renew_stops_its_actors_by_itself() -> None:
+    store = _Partitioned()
+    gate = Gate()
+    saga = saga_of(gate)
+    short = LeasePolicy(duration=0.3, renew_every=0.1, poll_interval=0.02)
+    async with Coordinator(store, [saga], node="a", leases=short) as a:
+        await a.start(saga, "s1")
+        await gate.entered.wait()
+        store.cut = True
+        # Past its lease it can no longer assume the instance is its own: it stops the
+        # actor rather than let a step it runs overlap with a successor's.
+        await eventually(lambda: "s1" not in a._actors)
+        assert a._keeper.lost == 1
+        assert a._keeper.renew_failures >= 1
+        store.cut = False
+        gate.release.set()
+        outcome = await a.handle("s1").outcome()  # taken back once the lease lapsed
+    assert outcome.status is Status.COMPLETED
+    assert gate.calls == [("s1", 1), ("s1", 1)]
