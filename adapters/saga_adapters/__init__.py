@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from saga._store.memory import MemoryStore
 from saga.errors import InvalidStoreURL
@@ -21,6 +21,12 @@ def open_store(url: str) -> Any:
     * ``memory://`` — the in-memory store.
     * ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` — a SQLite file,
       optionally with ``?synchronous=NORMAL`` (default ``FULL``).
+    * ``postgresql://user:password@host:5432/dbname`` (or ``postgres://``) — a Postgres
+      database (asyncio only; needs the ``postgres`` extra, asyncpg), optionally with
+      ``?schema=name`` for the Postgres schema holding the tables (default ``saga``; a plain
+      lower-case identifier). Every other option goes to asyncpg as it reads URLs
+      (``sslmode=require``, ``application_name=shop``...; asyncpg sends options it does
+      not know, such as ``connect_timeout``, to the server, which refuses them).
 
     Raises:
         InvalidStoreURL: the URL is malformed, its scheme is unknown, or an option is.
@@ -61,4 +67,41 @@ def open_store(url: str) -> Any:
             return SQLiteStore(path, **options)
         except ValueError as exc:
             raise InvalidStoreURL(str(exc), url=url) from exc
-    raise InvalidStoreURL(f"unknown store scheme {scheme!r} (known: memory, sqlite)", url=url)
+    if scheme in ("postgresql", "postgres"):
+        return _postgres(url)
+    raise InvalidStoreURL(
+        f"unknown store scheme {scheme!r} (known: memory, sqlite, postgresql)", url=url
+    )
+
+
+def _postgres(url: str) -> Any:
+    """A Postgres store for ``url``: the ``schema`` option is ours, the rest asyncpg's."""
+    try:
+        from saga_adapters.postgres import PostgresStore
+        from saga_adapters.postgres._schema import check_schema_name
+    except ImportError as exc:
+        raise InvalidStoreURL(
+            f"the Postgres store needs asyncpg: pip install 'saga[postgres]' ({exc})", url=url
+        ) from exc
+    try:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError as exc:
+        raise InvalidStoreURL(f"malformed Postgres URL: {exc}", url=url) from exc
+    schemas = [value for key, value in query if key == "schema"]
+    if len(schemas) > 1:
+        raise InvalidStoreURL("the 'schema' option is given more than once", url=url)
+    options: dict[str, Any] = {}
+    dsn = url
+    if schemas:
+        # Checked here, before anything is built from it.
+        try:
+            options["schema"] = check_schema_name(schemas[0])
+        except ValueError as exc:
+            raise InvalidStoreURL(str(exc), url=url) from exc
+        rest = urlencode([(k, v) for k, v in query if k != "schema"], quote_via=quote)
+        dsn = urlunsplit(parts._replace(query=rest))
+    try:
+        return PostgresStore(dsn, **options)
+    except ValueError as exc:
+        raise InvalidStoreURL(str(exc), url=url) from exc

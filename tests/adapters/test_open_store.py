@@ -9,6 +9,7 @@ import pytest
 from saga import MemoryStore
 from saga.errors import InvalidStoreURL
 from saga_adapters import open_store
+from saga_adapters.postgres import PostgresStore
 from saga_adapters.sqlite import SQLiteStore
 
 
@@ -37,6 +38,14 @@ def test_sqlite_urls(tmp_path: Path) -> None:
         ("sqlite://host/a.db", "has no host"),
         ("sqlite:///a.db?journal=delete", "unknown SQLite option 'journal'"),
         ("sqlite:///a.db?synchronous=maybe", "synchronous must be one of"),
+        ("postgresql://h/db?schema=Saga", "plain lower-case identifier"),
+        ("postgresql://h/db?schema=", "plain lower-case identifier"),
+        ("postgresql://h/db?schema", "plain lower-case identifier"),
+        ("postgresql://h/db?schema=x%3B%20drop%20table%20t", "plain lower-case identifier"),
+        ('postgres://h/db?schema=a"b', "plain lower-case identifier"),
+        ("postgresql://h/db?schema=9lives", "plain lower-case identifier"),
+        ("postgresql://h/db?schema=" + "a" * 64, "plain lower-case identifier"),
+        ("postgresql://h/db?schema=a&schema=b", "more than once"),
     ],
 )
 def test_bad_urls_say_what_is_wrong(url: str, message: str) -> None:
@@ -53,3 +62,20 @@ def test_a_non_string_url_is_refused() -> None:
 def test_an_in_memory_sqlite_url_points_to_the_memory_store() -> None:
     with pytest.raises(InvalidStoreURL, match="MemoryStore"):
         open_store("sqlite:///:memory:")
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_postgres_urls(scheme: str) -> None:
+    # Nothing connects until the store is entered.
+    store = open_store(f"{scheme}://u:p@db.example:5433/shop")
+    assert isinstance(store, PostgresStore)
+    assert (store.dsn, store.schema) == (f"{scheme}://u:p@db.example:5433/shop", "saga")
+
+
+def test_the_postgres_schema_option_is_taken_out_and_the_rest_passed_on() -> None:
+    store = open_store(
+        "postgresql://u@h/shop?sslmode=disable&schema=orders_2&application_name=a%20b"
+    )
+    assert store.schema == "orders_2"
+    assert store.dsn == "postgresql://u@h/shop?sslmode=disable&application_name=a%20b"
+    assert open_store("postgresql://h/shop?schema=_x").dsn == "postgresql://h/shop"
