@@ -78,6 +78,8 @@ class Actor:
         #: Set when the lease passed to another owner: the actor stops and is not restarted.
         self.lost = False
         self.scope = anyio.CancelScope()  # around every incarnation: lose() cancels it
+        #: Our clock when the lease was taken (about: just after the store said so).
+        self.leased_at = anyio.current_time()
         self.send, self._receive = anyio.create_memory_object_stream[Envelope](MAILBOX_SIZE)
         self.state: SagaState | None = None
         self._seen: set[str] = set()  # inbox messages handled, across incarnations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterable
@@ -211,9 +212,10 @@ class Coordinator:
         """Claim every running or compensating instance no coordinator holds a live lease
         on, and start its actor here. Returns how many were claimed.
 
-        The coordinator does this by itself on entry and then every
-        ``leases.poll_interval``; call it to take over at once. Instances whose definition
-        is not registered here are left for a coordinator that has it.
+        With ``recover=True`` (the default) the coordinator does this by itself on entry
+        and then every ``leases.poll_interval``; call it to take over at once, or to take
+        over at all with ``recover=False``. Instances whose definition is not registered
+        here are left for a coordinator that has it.
         """
         self._require_running()
         return await self._keeper.claim()
@@ -487,9 +489,15 @@ class Coordinator:
                     await self.store.answer(replies)
                 await self._keeper.release({row.saga_id: row.epoch})
                 return
-            await self._commit(
-                transition(state.sequence, decision, at=now, epoch=row.epoch, replies=replies)
-            )
+            try:
+                await self._commit(
+                    transition(state.sequence, decision, at=now, epoch=row.epoch, replies=replies)
+                )
+            except StoreError:
+                # Give the lease back if the store lets us; else it just expires.
+                with anyio.move_on_after(self.leases.duration), contextlib.suppress(StoreError):
+                    await self._keeper.release({row.saga_id: row.epoch})
+                raise
             if decision.state.status.value in ACTIVE:  # resumed: the lease is kept
                 self._spawn(row.saga_id, definition, None, row.epoch)
 

@@ -145,7 +145,8 @@ class LeaseKeeper:
         self.delivered: set[str] = set()
         self._work = _Pulse()  # something to claim or deliver
         self._replies = _Pulse()  # an answer may have come
-        self._held_until = math.inf  # local deadline of the last successful renewal
+        #: Our clock when the last successful renewal began (it renewed every actor then).
+        self._renewed_at = -math.inf
         #: Counters an operator (or a test) can read.
         self.claimed = 0
         self.lost = 0
@@ -159,30 +160,58 @@ class LeaseKeeper:
             self._work.fire()
 
     async def run(self) -> None:
-        """Renew, claim and deliver until cancelled."""
+        """Renew, claim and deliver until cancelled; stop actors whose lease may be gone."""
         unsubscribe = self.store.subscribe(self.node, self.wake)
         try:
-            # The leases taken on entry are fresh; renewals push this deadline on.
-            self._held_until = anyio.current_time() + self.policy.duration
-            next_renewal = anyio.current_time() + self.policy.renew_every
-            while True:
-                wait = min(self.policy.poll_interval, next_renewal - anyio.current_time())
-                await self._work.wait(max(wait, 0.0))
-                try:
-                    if anyio.current_time() >= next_renewal:
-                        next_renewal = anyio.current_time() + self.policy.renew_every
-                        await self.renew()
-                    if self.coordinator._recover_on_enter:
-                        await self.claim()
-                    await self.deliver()
-                except StoreError as exc:
-                    log.warning("node %s: store unavailable for leases: %s", self.node, exc)
-                    if anyio.current_time() > self._held_until:
-                        self._lose_all("its leases could not be renewed in time")
-                    await anyio.sleep(self.policy.poll_interval)
-                self._replies.fire()  # requesters poll on this beat too
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watchdog)
+                await self._beat()
         finally:
             unsubscribe()
+
+    async def _beat(self) -> None:
+        next_renewal = anyio.current_time() + self.policy.renew_every
+        while True:
+            wait = min(self.policy.poll_interval, next_renewal - anyio.current_time())
+            await self._work.wait(max(wait, 0.0))
+            try:
+                if anyio.current_time() >= next_renewal:
+                    next_renewal = anyio.current_time() + self.policy.renew_every
+                    await self.renew()
+                if self.coordinator._recover_on_enter:
+                    await self.claim()
+                await self.deliver()
+            except StoreError as exc:
+                log.warning("node %s: store unavailable for leases: %s", self.node, exc)
+                await anyio.sleep(self.policy.poll_interval)
+            self._replies.fire()  # requesters poll on this beat too
+
+    def _margin(self) -> float:
+        """How long before its lease ends (by our clock) an actor that could not renew
+        stops: a successor may claim the instance the moment the lease ends."""
+        return min(self.policy.poll_interval, self.policy.renew_every)
+
+    async def _watchdog(self) -> None:
+        """Stop every actor whose lease we could not renew in time, by our own clock.
+
+        Independent of the beat, so a store call that hangs (a silent network) does not
+        keep a cut-off node's actors running past their leases. A lease counts from the
+        start of the last renewal that covered it, or from when its actor was spawned.
+        """
+        keep = self.policy.duration - self._margin()
+        while True:
+            deadline = self._renewed_at + keep
+            now = anyio.current_time()
+            if now < deadline:
+                await anyio.sleep(deadline - now)
+                continue
+            for actor in list(self.coordinator._actors.values()):
+                if max(actor.leased_at, self._renewed_at) + keep <= now:
+                    self.lose(actor, "its lease could not be renewed in time")
+            # Until the next renewal, wake up for the next actor that would lapse.
+            pending = [a.leased_at + keep for a in self.coordinator._actors.values() if not a.lost]
+            wake_at = min([t for t in pending if t > now], default=now + self.policy.poll_interval)
+            await anyio.sleep(max(min(wake_at, now + self.policy.poll_interval) - now, 0.0))
 
     # -- leases --------------------------------------------------------------------------
 
@@ -226,7 +255,7 @@ class LeaseKeeper:
         except StoreError:
             self.renew_failures += 1
             raise
-        self._held_until = started + self.policy.duration
+        self._renewed_at = started
         for saga_id, actor in actors.items():
             if saga_id not in held and not actor.done:
                 self.lose(actor, "its lease passed to another owner")
@@ -237,10 +266,6 @@ class LeaseKeeper:
             log.warning("saga %s: stopped here: %s", actor.saga_id, why)
             self.lost += 1
             actor.lose()
-
-    def _lose_all(self, why: str) -> None:
-        for actor in list(self.coordinator._actors.values()):
-            self.lose(actor, why)
 
     async def release(self, leases: dict[str, int]) -> None:
         """Give leases up at once (graceful shutdown, an actor that stopped early)."""
