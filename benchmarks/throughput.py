@@ -4,9 +4,13 @@ Starts ``--sagas`` instances of a saga of ``--steps`` no-op steps, at most
 ``--concurrency`` in flight, and measures each one from the ``start()`` call to its
 terminal outcome. On SQLite it also measures, in the same run and on the same disk, what
 raw stdlib ``sqlite3`` does with the same writes batched the same way: the ceiling the
-coordinator is compared against. Prints one JSON object (see benchmarks/README.md).
+coordinator is compared against; on Postgres, the same with raw ``asyncpg`` on the same
+server. Prints one JSON object (see benchmarks/README.md).
 
     python benchmarks/throughput.py --store sqlite --sagas 5000 --steps 3 --json
+    python benchmarks/throughput.py --store postgres --dsn postgresql://127.0.0.1/test --json
+
+On Postgres each run works in a fresh schema (``saga_bench_<random>``), dropped afterwards.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import math
 import os
 import platform
+import secrets
 import sqlite3
 import statistics
 import sys
@@ -127,6 +132,9 @@ async def _run_sagas(args: argparse.Namespace, url: str) -> dict[str, Any]:
         [Step(name=f"s{i}", action=_noop, compensation=_noop) for i in range(args.steps)],
     )
     store_cm = _CountingMemoryStore() if args.store == "memory" else open_store(url)
+    if args.store == "postgres":
+        # A pool as large as the concurrency the writer and readers can use.
+        store_cm = _postgres_store(args.dsn, args.schema, max_size=args.pool_size)
     async with (
         store_cm as store,
         Coordinator(store, [definition], max_concurrent_steps=args.max_concurrent_steps) as coord,
@@ -251,6 +259,95 @@ def _raw_sqlite_rate(
         conn.close()
 
 
+# -- the Postgres baseline: raw asyncpg, our writes, our batching, no runtime ----------------
+
+
+def _postgres_store(dsn: str, schema: str, **kwargs: Any) -> Any:
+    from saga_adapters.postgres import PostgresStore
+
+    return PostgresStore(dsn, schema=schema, **kwargs)
+
+
+async def _raw_postgres_rate(dsn: str, schema: str, *, sagas: int, steps: int, batch: int) -> float:
+    """Transitions per second of raw asyncpg doing the writer's work on one connection.
+
+    The same writes as ``_raw_sqlite_rate`` (instance INSERT, then sequence-guarded UPDATEs,
+    two events each, work items settled and created), ``batch`` transitions a transaction,
+    each statement sent once per batch with ``executemany``.
+    """
+    import asyncpg
+
+    async with _postgres_store(dsn, schema):  # creates the tables
+        pass
+    conn = await asyncpg.connect(dsn)
+    try:
+        q = f'"{schema}"'
+        completed = '{"attempt":1,"result":null,"step":"s0"}'
+        scheduled = '{"attempt":1,"run_after":null,"step":"s1"}'
+        work = [(i, k) for k in range(steps + 1) for i in range(sagas)]
+        batch = max(1, batch)
+        t0 = time.perf_counter()
+        for lo in range(0, len(work), batch):
+            inserts, updates, events, done, new = [], [], [], [], []
+            for i, k in work[lo : lo + batch]:
+                saga_id = f"raw-{i}"
+                now = time.time()
+                if k == 0:
+                    inserts.append((saga_id, "bench", 1, "running", 2, '{"n":1}', now, now))
+                else:
+                    updates.append(("running", 2 * k + 2, now, saga_id, 2 * k))
+                events.append((saga_id, 2 * k + 1, "StepCompleted", 1, completed, now))
+                events.append((saga_id, 2 * k + 2, "StepScheduled", 1, scheduled, now))
+                if k:
+                    done.append((saga_id, f"{saga_id}/action/s{k - 1}/1"))
+                if k < steps:
+                    new.append((saga_id, f"{saga_id}/action/s{k}/1", "action", f"s{k}", 1))
+            async with conn.transaction():
+                if inserts:
+                    await conn.executemany(
+                        f"INSERT INTO {q}.saga_instances (saga_id, saga, version, status, "
+                        "sequence, input, created_at, updated_at) "
+                        "VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8) "
+                        "ON CONFLICT (saga_id) DO NOTHING",
+                        inserts,
+                    )
+                if updates:
+                    await conn.executemany(
+                        f"UPDATE {q}.saga_instances SET status = $1, sequence = $2, "
+                        "updated_at = $3 WHERE saga_id = $4 AND sequence = $5",
+                        updates,
+                    )
+                await conn.executemany(
+                    f"INSERT INTO {q}.saga_events (saga_id, sequence, type, schema, data, "
+                    "recorded_at) VALUES ($1, $2, $3, $4, $5::jsonb, $6)",
+                    events,
+                )
+                if done:
+                    await conn.executemany(
+                        f"DELETE FROM {q}.saga_tasks WHERE saga_id = $1 AND task_id = $2", done
+                    )
+                if new:
+                    await conn.executemany(
+                        f"INSERT INTO {q}.saga_tasks (saga_id, task_id, kind, step, attempt) "
+                        "VALUES ($1, $2, $3, $4, $5)",
+                        new,
+                    )
+        return len(work) / (time.perf_counter() - t0)
+    finally:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {q} CASCADE")
+        await conn.close()
+
+
+async def _drop_schema(dsn: str, schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
 def _best_of(runs: int, fn: Callable[[int], float]) -> float:
     return max(fn(r) for r in range(runs))
 
@@ -260,7 +357,9 @@ def _best_of(runs: int, fn: Callable[[int], float]) -> float:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
+    p.add_argument("--store", choices=("sqlite", "memory", "postgres"), default="sqlite")
+    p.add_argument("--dsn", help="the Postgres server, for --store postgres")
+    p.add_argument("--pool-size", type=int, default=10, help="Postgres connections (default 10)")
     p.add_argument("--sagas", type=int, default=1000, help="instances to run (default 1000)")
     p.add_argument("--steps", type=int, default=3, help="no-op steps per saga (default 3)")
     p.add_argument(
@@ -317,6 +416,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.sagas < 1 or args.steps < 1:
         p.error("--sagas and --steps must be >= 1")
+    if args.store == "postgres" and not args.dsn:
+        p.error("--store postgres needs --dsn postgresql://...")
+    if args.store == "postgres" and args.backend != "asyncio":
+        p.error("the Postgres store runs on asyncio only")
+    args.schema = f"saga_bench_{secrets.token_hex(4)}"
     if args.concurrency is None:
         args.concurrency = args.sagas
     if args.concurrency < 1:
@@ -344,7 +448,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="saga-bench-", dir=args.tmpdir) as tmp:
         db = os.path.join(tmp, "bench.db")
         url = f"sqlite:///{db}?synchronous={args.synchronous}"
-        result.update(anyio.run(_run_sagas, args, url, backend=args.backend))
+        try:
+            result.update(anyio.run(_run_sagas, args, url, backend=args.backend))
+        finally:
+            if args.store == "postgres":
+                anyio.run(_drop_schema, args.dsn, args.schema)
+        if args.store == "postgres" and args.baseline_runs > 0:
+            batch = round(result.get("commits_per_batch", 1))
+
+            def raw_pg(run: int) -> float:
+                return anyio.run(
+                    lambda: _raw_postgres_rate(
+                        args.dsn,
+                        f"{args.schema}_raw{run}",
+                        sagas=args.sagas,
+                        steps=args.steps,
+                        batch=batch,
+                    )
+                )
+
+            minimal = _best_of(args.baseline_runs, raw_pg)
+            result["baseline_batch"] = batch
+            result["baseline_raw_asyncpg_txn_per_s"] = round(minimal, 1)
+            result["ratio_to_baseline"] = round(result["transitions_per_s"] / minimal, 4)
         if args.store == "sqlite" and args.baseline_runs > 0:
             batch = round(result.get("commits_per_batch", 1))
 
