@@ -614,8 +614,7 @@ class SQLiteStore:
     async def take_reply(self, message_id: str) -> str | None:
         def write(db: sqlite3.Connection) -> str | None:
             row = db.execute(
-                "DELETE FROM saga_inbox WHERE message_id = ? AND reply IS NOT NULL "
-                "RETURNING reply",
+                "DELETE FROM saga_inbox WHERE message_id = ? AND reply IS NOT NULL RETURNING reply",
                 (message_id,),
             ).fetchone()
             return None if row is None else str(row[0])
