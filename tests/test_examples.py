@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
+
+import anyio
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,3 +30,50 @@ def test_order_checkout_example() -> None:
     assert "releasing reservation R-order-1002" in out
     assert "SagaCompensated()" in out
     assert "CompensationScheduled(step='reserve_stock'" in out
+
+
+async def _postgres_url(schema: str) -> str:
+    """The test server's DSN with ``schema`` (skips if it is unreachable)."""
+    from tests.fencing.cluster import postgres_admin, with_query
+
+    dsn, admin = await postgres_admin()
+    await admin.close()
+    return with_query(dsn, schema=schema)
+
+
+async def _drop_schema(schema: str) -> None:
+    from tests.fencing.cluster import postgres_admin
+
+    _, admin = await postgres_admin()
+    try:
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await admin.close()
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_multi_process_example(store: str, tmp_path: Path) -> None:
+    """Three workers, one killed midway: every saga finishes, and the survivors say so."""
+    schema = f"example_{secrets.token_hex(4)}"
+    if store == "sqlite":
+        url = f"sqlite:///{tmp_path / 'orders.db'}"
+    else:
+        url = anyio.run(_postgres_url, schema)
+    try:
+        done = subprocess.run(
+            [sys.executable, "examples/multi_process.py", url, "--workers", "3", "--sagas", "24"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+    finally:
+        if store == "postgres":
+            anyio.run(_drop_schema, schema)
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert re.search(r"killed worker-1 with SIGKILL; it held [1-9]\d* sagas in flight", out), out
+    # Every fifth order cannot be shipped and is undone; the others complete.
+    assert re.search(r"all 24 sagas finished, .*: compensated=4, completed=20\n", out), out
+    assert re.search(r"taken over from worker-1: order-\d{4}", out), out
