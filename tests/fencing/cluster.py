@@ -290,21 +290,18 @@ class Cluster:
         """SIGSTOP ``worker`` at a moment it is not inside a database write (see
         ``holds_database``: freezing it there would freeze the others too); returns when."""
 
+        async def landed() -> bool:
+            return worker.stopped()
+
         async def attempt() -> float | None:
             worker.send(signal.SIGSTOP)
-            await self.until(
-                lambda: _value(worker.stopped()), within=2.0, what="SIGSTOP lands", poll=0.001
-            )
+            await self.until(landed, within=2.0, what="SIGSTOP lands", poll=0.001)
             if not await self.holds_database(worker):
                 return time.time()
             worker.send(signal.SIGCONT)
             return None
 
         return await self.until(attempt, within=within, what=f"freeze {worker.node}", poll=0.003)
-
-
-async def _value(value: T) -> T:
-    return value
 
 
 def _holds_posix_write_lock(pid: int) -> bool:
