@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 import asyncpg
-import attrs
 
+from saga._store.group_commit import Write, WriteQueue
 from saga._store.port import (
     EventRecord,
     InboxRecord,
@@ -65,26 +65,6 @@ Record = Any  # asyncpg.Record
 
 #: ``create_pool`` arguments that ``connect`` does not take.
 _POOL_ONLY = {"max_queries", "max_inactive_connection_lifetime", "setup", "init", "reset"}
-
-
-@attrs.define(eq=False)
-class _Write:
-    """One create or commit waiting for the writer."""
-
-    op: NewInstance | Transition
-    done: anyio.Event = attrs.field(factory=anyio.Event)
-    result: InstanceRecord | None = None
-    error: Exception | None = None
-
-    @property
-    def saga_id(self) -> str:
-        op = self.op
-        return op.transition.saga_id if isinstance(op, NewInstance) else op.saga_id
-
-    @property
-    def transition(self) -> Transition:
-        op = self.op
-        return op.transition if isinstance(op, NewInstance) else op
 
 
 def _instance(row: Record) -> InstanceRecord:
@@ -159,15 +139,12 @@ class PostgresStore:
         **connect_kwargs: Any,
     ) -> None:
         self.schema = _schema.check_schema_name(schema)
-        if batch_limit < 1:
-            raise ValueError(f"batch_limit must be >= 1, got {batch_limit!r}")
         if not 0 <= min_size <= max_size or max_size < 1:
             raise ValueError(
                 f"need 0 <= min_size <= max_size and max_size >= 1, got {min_size}, {max_size}"
             )
         self.dsn = dsn
         self._migrate = migrate
-        self._batch_limit = batch_limit
         self._pool_size = (min_size, max_size)
         self._connect_kwargs = connect_kwargs
         self._sql = Statements(schema)
@@ -176,12 +153,17 @@ class PostgresStore:
         self._subscribers = Subscribers()
         self._listener: Listener | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
-        # Made on entry, in the event loop that uses them.
-        self._wake: anyio.Event
-        self._pending: list[_Write] = []
-        #: How many transactions the writer committed, and how many writes they carried.
-        self.batches = 0
-        self.writes = 0
+        self._queue = WriteQueue("Postgres", batch_limit)
+
+    @property
+    def batches(self) -> int:
+        """How many transactions the writer committed."""
+        return self._queue.batches
+
+    @property
+    def writes(self) -> int:
+        """How many creates and commits those transactions carried."""
+        return self._queue.writes
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -195,7 +177,6 @@ class PostgresStore:
             ) from None
         if self._task_group is not None:
             raise StoreError("the Postgres store is open already")
-        self._wake = anyio.Event()
         kwargs = {"connection_class": _Connection, **self._connect_kwargs}
         with translated():
             pool = await asyncpg.create_pool(
@@ -216,7 +197,8 @@ class PostgresStore:
                 task_group.cancel_scope.cancel()
                 await task_group.__aexit__(None, None, None)
                 raise
-            task_group.start_soon(self._writer)
+            self._queue.open()
+            task_group.start_soon(self._queue.run, self._write_batch)
             self._task_group = task_group
         except BaseException:
             self._pool = self._listener = None
@@ -230,10 +212,7 @@ class PostgresStore:
         if task_group is not None:
             task_group.cancel_scope.cancel()
             await task_group.__aexit__(None, None, None)
-        for write in self._pending:  # their callers are gone or will hear why
-            write.error = StoreUnavailableError("the store was closed before this write")
-            write.done.set()
-        self._pending.clear()
+        self._queue.close()
         pool, self._pool, self._listener = self._pool, None, None
         if pool is not None:
             with anyio.CancelScope(shield=True):
@@ -342,59 +321,12 @@ class PostgresStore:
     # -- writes: group commit ----------------------------------------------------
 
     async def create(self, instance: NewInstance) -> InstanceRecord | None:
-        return await self._submit(_Write(instance))
+        return await self._queue.submit(instance)
 
     async def commit(self, transition: Transition) -> None:
-        await self._submit(_Write(transition))
+        await self._queue.submit(transition)
 
-    async def _submit(self, write: _Write) -> InstanceRecord | None:
-        if self._task_group is None:
-            raise StoreUnavailableError("the Postgres store is not open (use 'async with')")
-        self._pending.append(write)
-        self._wake.set()
-        await write.done.wait()
-        if write.error is not None:
-            raise write.error
-        return write.result
-
-    def _next_batch(self) -> list[_Write]:
-        """The pending writes for the next transaction: at most one per instance.
-
-        A later write to an instance already in the batch waits for the next one, so that
-        it is checked against what the earlier one left (as if each ran alone, in order).
-        """
-        batch: list[_Write] = []
-        rest: list[_Write] = []
-        seen: set[str] = set()
-        for i, write in enumerate(self._pending):
-            if len(batch) >= self._batch_limit:
-                rest.extend(self._pending[i:])
-                break
-            if write.saga_id in seen:
-                rest.append(write)
-            else:
-                seen.add(write.saga_id)
-                batch.append(write)
-        self._pending = rest
-        return batch
-
-    async def _writer(self) -> None:
-        while True:
-            await self._wake.wait()
-            # A fresh event before draining, so a write queued during the flush is not missed.
-            self._wake = anyio.Event()
-            while self._pending:
-                batch = self._next_batch()
-                # Shielded: once a batch is sent, its waiters must hear the outcome even if
-                # the store is being closed.
-                with anyio.CancelScope(shield=True):
-                    await self._write_batch(batch)
-                self.batches += 1
-                self.writes += len(batch)
-                for write in batch:
-                    write.done.set()
-
-    async def _write_batch(self, batch: list[_Write]) -> None:
+    async def _write_batch(self, batch: list[Write]) -> None:
         """One transaction for the whole batch; sets each write's result or error.
 
         If the transaction fails for a reason that is not transient, each write is tried
@@ -424,7 +356,7 @@ class PostgresStore:
                 write.error = translate(exc)
 
     @staticmethod
-    def _conflict(write: _Write, cause: BaseException) -> StoreError:
+    def _conflict(write: Write, cause: BaseException) -> StoreError:
         """A unique violation of a lone commit: its events' sequences are taken already."""
         if isinstance(write.op, NewInstance):
             return translate(cause)
@@ -433,7 +365,7 @@ class PostgresStore:
         error.__cause__ = cause
         return error
 
-    async def _apply(self, conn: Connection, batch: list[_Write]) -> None:
+    async def _apply(self, conn: Connection, batch: list[Write]) -> None:
         """Stage a batch (one write per instance) in the open transaction."""
         sql = self._sql
         accepted: list[Transition] = []

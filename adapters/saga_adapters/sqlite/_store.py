@@ -18,8 +18,8 @@ from typing import Any, Literal, TypeVar
 import anyio
 import anyio.abc
 import anyio.to_thread
-import attrs
 
+from saga._store.group_commit import Write, WriteQueue
 from saga._store.port import (
     ACTIVE_STATUSES,
     EventRecord,
@@ -69,16 +69,6 @@ def _translate(exc: sqlite3.Error) -> StoreError:
     return error
 
 
-@attrs.define(eq=False)
-class _Write:
-    """One create or commit waiting for the writer."""
-
-    op: NewInstance | Transition
-    done: anyio.Event = attrs.field(factory=anyio.Event)
-    result: InstanceRecord | None = None
-    error: Exception | None = None
-
-
 def _instance(row: Sequence[Any]) -> InstanceRecord:
     return InstanceRecord(
         saga_id=row[0],
@@ -124,8 +114,6 @@ class SQLiteStore:
     ) -> None:
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
-        if batch_limit < 1:
-            raise ValueError(f"batch_limit must be >= 1, got {batch_limit!r}")
         self.path = os.fspath(path)
         if self.path == ":memory:" or self.path.startswith("file:"):
             # The reader connection would see another, empty database.
@@ -134,7 +122,6 @@ class SQLiteStore:
                 "store in memory"
             )
         self._synchronous = synchronous
-        self._batch_limit = batch_limit
         self._busy_timeout = busy_timeout
         # Two connections, each used by one thread at a time: the writer's, and a reader's
         # so that reads (recovery, handles) do not queue behind commits. WAL lets the
@@ -145,21 +132,26 @@ class SQLiteStore:
         # another one).
         self._limiter: anyio.CapacityLimiter
         self._read_limiter: anyio.CapacityLimiter
-        self._wake: anyio.Event
-        self._pending: list[_Write] = []
+        self._queue = WriteQueue("SQLite", batch_limit)
         self._task_group: anyio.abc.TaskGroup | None = None
         # Other processes sharing the file are not woken: their coordinators poll.
         self._subscribers = Subscribers()
-        #: How many transactions the writer committed, and how many writes they carried.
-        self.batches = 0
-        self.writes = 0
+
+    @property
+    def batches(self) -> int:
+        """How many transactions the writer committed."""
+        return self._queue.batches
+
+    @property
+    def writes(self) -> int:
+        """How many creates and commits those transactions carried."""
+        return self._queue.writes
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def __aenter__(self) -> SQLiteStore:
         self._limiter = anyio.CapacityLimiter(1)
         self._read_limiter = anyio.CapacityLimiter(1)
-        self._wake = anyio.Event()
         self._conn = await self._run(self._open, True, limiter=self._limiter)
         try:
             self._reader = await self._run(self._open, False, limiter=self._read_limiter)
@@ -169,7 +161,8 @@ class SQLiteStore:
             raise
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        self._task_group.start_soon(self._writer)
+        self._queue.open()
+        self._task_group.start_soon(self._queue.run, self._write_batch)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -177,10 +170,7 @@ class SQLiteStore:
         self._task_group.cancel_scope.cancel()
         await self._task_group.__aexit__(None, None, None)
         self._task_group = None
-        for write in self._pending:  # their callers are gone or will hear why
-            write.error = StoreUnavailableError("the store was closed before this write")
-            write.done.set()
-        self._pending.clear()
+        self._queue.close()
         conn, self._conn = self._conn, None
         if conn is not None:
             await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
@@ -233,43 +223,18 @@ class SQLiteStore:
     # -- writes: group commit ----------------------------------------------------
 
     async def create(self, instance: NewInstance) -> InstanceRecord | None:
-        return await self._submit(_Write(instance))
+        return await self._queue.submit(instance)
 
     async def commit(self, transition: Transition) -> None:
-        await self._submit(_Write(transition))
+        await self._queue.submit(transition)
 
-    async def _submit(self, write: _Write) -> InstanceRecord | None:
-        if self._task_group is None:
-            raise StoreUnavailableError("the SQLite store is not open (use 'async with')")
-        self._pending.append(write)
-        self._wake.set()
-        await write.done.wait()
-        if write.error is not None:
-            raise write.error
-        return write.result
+    async def _write_batch(self, batch: list[Write]) -> None:
+        # One thread hop for the whole batch; then wake the senders of what it answered.
+        senders = await anyio.to_thread.run_sync(self._commit_batch, batch, limiter=self._limiter)
+        for sender in senders:
+            self._subscribers.wake(sender, "reply")
 
-    async def _writer(self) -> None:
-        while True:
-            await self._wake.wait()
-            # A fresh event before draining, so a write queued during the flush is not missed.
-            self._wake = anyio.Event()
-            while self._pending:
-                batch = self._pending[: self._batch_limit]
-                del self._pending[: self._batch_limit]
-                # Shielded: once a batch is handed to the thread, its waiters must hear
-                # the outcome even if the store is being closed.
-                with anyio.CancelScope(shield=True):
-                    senders = await anyio.to_thread.run_sync(
-                        self._write_batch, batch, limiter=self._limiter
-                    )
-                for sender in senders:
-                    self._subscribers.wake(sender, "reply")
-                self.batches += 1
-                self.writes += len(batch)
-                for write in batch:
-                    write.done.set()
-
-    def _write_batch(self, batch: list[_Write]) -> list[str]:
+    def _commit_batch(self, batch: list[Write]) -> list[str]:
         """One transaction for the whole batch; each write is checked on its own.
 
         If the batch fails for a reason that is not transient, each write is tried again in a
@@ -295,7 +260,7 @@ class SQLiteStore:
             if len(batch) > 1 and not isinstance(error, StoreUnavailableError):
                 for write in batch:
                     write.result = write.error = None
-                    senders.extend(self._write_batch([write]))
+                    senders.extend(self._commit_batch([write]))
                 return senders
             for write in batch:
                 write.error = error
@@ -310,7 +275,7 @@ class SQLiteStore:
         return senders
 
     @staticmethod
-    def _stage(db: sqlite3.Connection, write: _Write) -> Transition | None:
+    def _stage(db: sqlite3.Connection, write: Write) -> Transition | None:
         """Claim the instance row for ``write``; the transition to append, or None."""
         op = write.op
         if isinstance(op, NewInstance):
