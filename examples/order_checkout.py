@@ -47,6 +47,8 @@ async def ship(ctx: StepContext) -> dict[str, Any]:
     return {"tracking": f"T-{ctx.saga_id}"}
 
 
+MINUTE, HOUR = 60.0, 3600.0
+
 checkout = SagaDefinition(
     "order_checkout",
     [
@@ -55,9 +57,17 @@ checkout = SagaDefinition(
             name="charge_card",
             action=charge_card,
             compensation=refund_card,
-            retry=RetryPolicy(max_attempts=3, initial_interval=0.05, non_retryable=[CardDeclined]),
+            # A payment provider that is down is tried again for about a quarter of an hour
+            # (1, 2, 4 and 8 minutes apart); a declined card is not tried again.
+            retry=RetryPolicy(
+                max_attempts=5,
+                initial_interval=1 * MINUTE,
+                max_interval=15 * MINUTE,
+                non_retryable=[CardDeclined],
+            ),
         ),
-        Step(name="ship", action=ship),
+        # Booking a courier may hang; after an hour we stop waiting and try again.
+        Step(name="ship", action=ship, timeout=1 * HOUR),
     ],
     version=1,
 )

@@ -22,6 +22,7 @@ __all__ = [
     "InvalidSagaIdError",
     "InvalidStoreURL",
     "NonDeterminismError",
+    "NonRetryableError",
     "NotFoundError",
     "PayloadError",
     "SagaError",
@@ -142,20 +143,47 @@ class ExecutionError(SagaError):
 class NonDeterminismError(ExecutionError):
     """A stored history does not fit the definition it is replayed with.
 
-    Raised when an instance is rebuilt and its history names a step that its definition
-    (same name and version) does not have: the code changed under a running instance. The
-    supervisor parks the instance as ``suspended`` with this as the reason.
+    Raised when an instance is rebuilt (started, restarted, taken over or resumed by an
+    actor) and its history does not fit its definition (same name and version): the code
+    changed under a live instance, e.g. a step it ran was renamed, removed or reordered.
+    ``saga.testing.check_replay`` finds these before a deploy; its reference lists the
+    rules. The supervisor parks the instance as ``suspended`` at once, with this error
+    (diff included) as the reason.
+
+    Attributes:
+        saga_id: the instance.
+        saga: the definition's name.
+        version: the definition's version.
+        step: the step named where the history leaves the definition, or None.
+        sequence: the history event where it does, where known.
+        detail: one line: what the history has there and what the definition expects.
+        diff: the definition's line above the history's (steps or compensations), or "".
     """
 
-    def __init__(self, saga_id: str, *, step: str, saga: str, version: int) -> None:
-        super().__init__(
-            f"saga {saga_id!r}: its history names step {step!r}, which {saga!r} "
-            f"v{version} does not have"
-        )
+    def __init__(
+        self,
+        saga_id: str,
+        *,
+        step: str | None,
+        saga: str,
+        version: int,
+        sequence: int | None = None,
+        detail: str | None = None,
+        diff: str = "",
+    ) -> None:
+        if detail is None:
+            detail = f"its history names step {step!r}, which {saga!r} v{version} does not have"
+            message = f"saga {saga_id!r}: {detail}"
+        else:
+            message = f"saga {saga_id!r}: its history does not fit {saga!r} v{version}: {detail}"
+        super().__init__(f"{message}\n{diff}" if diff else message)
         self.saga_id = saga_id
         self.step = step
         self.saga = saga
         self.version = version
+        self.sequence = sequence
+        self.detail = detail
+        self.diff = diff
 
 
 class CommandRejected(ExecutionError):
@@ -170,6 +198,15 @@ class CommandRejected(ExecutionError):
         self.command = command
         self.status = status
         self.reason = reason
+
+
+class NonRetryableError(ExecutionError):
+    """Raise it (or a subclass) from a step's action or compensation to fail the attempt
+    for good: it is not retried, whatever the step's retry policy says.
+
+    Same as listing the exception in the policy's ``non_retryable``, decided where the
+    error happens. Recorded as the attempt's failure.
+    """
 
 
 class StepTimeoutError(ExecutionError, TimeoutError):

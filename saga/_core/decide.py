@@ -17,9 +17,9 @@ from saga._core.definition import SagaDefinition, StepKind
 from saga._core.effects import AbortAttempt, Effect, Finish, RunAttempt
 from saga._core.events import Phase
 from saga._core.state import SagaState, Status, evolve
-from saga.errors import CommandRejected, NonDeterminismError
+from saga.errors import CommandRejected
 
-__all__ = ["Decision", "check_fits", "decide", "idempotency_key", "outstanding", "start"]
+__all__ = ["Decision", "decide", "idempotency_key", "outstanding", "start"]
 
 
 @attrs.frozen
@@ -132,21 +132,6 @@ def decide(
         case msg.StartSaga():
             raise _rejected(state, "start", "it has started already")
     return b.decision()
-
-
-def check_fits(definition: SagaDefinition, state: SagaState) -> None:
-    """Check that a replayed ``state`` only names steps that ``definition`` has.
-
-    Raises:
-        NonDeterminismError: it names one that the definition does not have.
-    """
-    names = {step.name for step in definition.steps}
-    mentioned = (*state.completed, *state.compensated, *(a.step for a in state.in_flight))
-    for name in mentioned:
-        if name not in names:
-            raise NonDeterminismError(
-                state.saga_id, step=name, saga=definition.name, version=definition.version
-            )
 
 
 def outstanding(state: SagaState, now: float | None = None) -> tuple[Effect, ...]:

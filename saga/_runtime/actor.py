@@ -13,15 +13,24 @@ import attrs
 from saga._core import messages as msg
 from saga._core.codec import check_payload
 from saga._core.context import StepContext
-from saga._core.decide import Decision, check_fits, decide, outstanding
+from saga._core.decide import Decision, decide, outstanding
 from saga._core.definition import SagaDefinition
 from saga._core.effects import AbortAttempt, Effect, Finish, RunAttempt
 from saga._core.events import ErrorInfo, Phase
 from saga._core.state import SagaState, Status
+from saga._crashpoints import crashpoint
+from saga._runtime.clock import Clock
 from saga._runtime.history import transition
+from saga._runtime.hooks import SimulatedCrash
 from saga._runtime.ownership import OK, encode_reply
 from saga._store.port import Reply
-from saga.errors import CoordinatorError, PayloadError, SagaError, StepTimeoutError
+from saga.errors import (
+    CoordinatorError,
+    NonRetryableError,
+    PayloadError,
+    SagaError,
+    StepTimeoutError,
+)
 
 if TYPE_CHECKING:
     from saga._runtime.coordinator import Coordinator
@@ -106,10 +115,14 @@ class Actor:
         """
         async with anyio.create_task_group() as tg:
             if boot is None:
-                self.state = await self.coordinator.load_state(self.saga_id)
-                check_fits(self.definition, self.state)
+                # Checked against the definition we drive it with: a history it does not
+                # fit raises NonDeterminismError, and the supervisor parks the instance.
+                self.state = await self.coordinator.load_state(
+                    self.saga_id, definition=self.definition
+                )
                 now = self.coordinator.clock.now()
                 effects: tuple[Effect, ...] = outstanding(self.state, now)
+                crashpoint("recovery_loaded")
             else:
                 self.state, effects = boot.state, boot.effects
             self._emit(tg, effects)
@@ -162,6 +175,7 @@ class Actor:
                 await coordinator._commit(
                     transition(state.sequence, decision, at=now, epoch=self.epoch, replies=replies)
                 )
+            crashpoint("after_commit")
             if message_id is not None:
                 self._answered(message_id)
         elif message_id is not None:
@@ -210,9 +224,15 @@ class Actor:
             with pending.scope:
                 if effect.run_after is not None:
                     await self.coordinator.clock.sleep_until(effect.run_after)
+                    crashpoint("backoff_elapsed")
                 async with self.coordinator.limiter:
                     pending.began = True
                     outcome = await self._call(effect)
+                    crashpoint(
+                        "compensation_done"
+                        if effect.phase is Phase.COMPENSATION
+                        else "step_effect_done"
+                    )
         finally:
             self._attempts.pop((effect.phase, effect.step, effect.attempt), None)
         if outcome is None:  # aborted before it began
@@ -247,20 +267,27 @@ class Actor:
             input=state.input,
             results=dict(state.results),
         )
+        hook = self.coordinator.step_hook
+        if hook is not None:
+            fn = hook.wrap(self.definition, step, ctx, fn)
+        clock = self.coordinator.clock
         try:
             if compensating:
                 # A compensation that has begun runs to its end (or its timeout) even while
                 # the coordinator shuts down: half an undo is the worst state to leave.
+                crashpoint("compensation_started")
                 with anyio.CancelScope(shield=True):
-                    result = await _timed(fn, ctx, step.timeout)
+                    result = await _timed(fn, ctx, step.timeout, clock)
             else:
-                result = await _timed(fn, ctx, step.timeout)
+                result = await _timed(fn, ctx, step.timeout, clock)
             result = check_payload(result, f"result of {effect.phase.value} {step.name!r}")
-        except anyio.get_cancelled_exc_class():
+        except (anyio.get_cancelled_exc_class(), SimulatedCrash):
             raise
         except Exception as exc:  # noqa: BLE001 - the step's own failure, recorded as data
             # A result with no JSON form will not get one by trying again.
-            retryable = not isinstance(exc, (*policy.non_retryable, PayloadError))
+            retryable = not isinstance(
+                exc, (*policy.non_retryable, PayloadError, NonRetryableError)
+            )
             log.info(
                 "saga %s: %s of %s, attempt %d, failed: %r",
                 self.saga_id,
@@ -282,10 +309,13 @@ class Actor:
 
 
 async def _timed(
-    fn: Callable[[StepContext], Awaitable[Any]], ctx: StepContext, timeout: float | None
+    fn: Callable[[StepContext], Awaitable[Any]],
+    ctx: StepContext,
+    timeout: float | None,
+    clock: Clock,
 ) -> Any:
     if timeout is None:
         return await fn(ctx)
-    with anyio.move_on_after(timeout):
+    with clock.move_on_at(clock.now() + timeout):
         return await fn(ctx)
     raise StepTimeoutError(ctx.saga_id, step=ctx.step, attempt=ctx.attempt, timeout=timeout)

@@ -17,10 +17,12 @@ from saga._core.codec import check_payload, dumps
 from saga._core.decide import Decision, decide, start
 from saga._core.definition import SagaDefinition
 from saga._core.state import SagaState, Status
+from saga._crashpoints import crashpoint
 from saga._runtime.actor import Actor, Envelope, Moved
 from saga._runtime.clock import Clock, SystemClock
 from saga._runtime.handle import SagaHandle, SagaOutcome
 from saga._runtime.history import RecordedEvent, decode_history, replay, transition
+from saga._runtime.hooks import StepHook
 from saga._runtime.ownership import OK, LeaseKeeper, LeasePolicy, default_node, encode_reply
 from saga._runtime.supervisor import ACTIVE, SupervisionPolicy, supervise
 from saga._store.port import InstanceRecord, NewInstance, Reply, Store, Transition
@@ -81,7 +83,9 @@ class Coordinator:
             be registered; new instances take the newest.
         max_concurrent_steps: how many step attempts run at once, across all instances.
         supervision: how crashed actors are restarted.
-        clock: the source of wall-clock time (tests bring a virtual one).
+        clock: the time everything scheduled is measured on: event timestamps, retry
+            backoff, step timeouts, restart delays (tests bring
+            ``saga.testing.VirtualClock``). Leases are measured in real time regardless.
         recover: claim and resume the store's unfinished instances no one holds, on entry
             and whenever a lease lapses (takeover). With ``False`` this coordinator drives
             only what it starts or resumes, or what ``recover()`` claims.
@@ -140,6 +144,8 @@ class Coordinator:
         self.conflicts = 0
         #: Commits refused because the lease had passed to another owner.
         self.fenced = 0
+        #: Wraps every step call (``saga.testing`` injects faults through it).
+        self.step_hook: StepHook | None = None
 
     def _register(self, definition: SagaDefinition) -> None:
         if not isinstance(definition, SagaDefinition):
@@ -258,6 +264,7 @@ class Coordinator:
         # instance that landed must get its actor, or nothing would drive it.
         with anyio.CancelScope(shield=True):
             existing = await self.store.create(new)
+            crashpoint("after_create")
             if existing is None:
                 self._spawn(saga_id, definition, decision, epoch=1)
         if existing is None:
@@ -269,12 +276,11 @@ class Coordinator:
         # Compared as JSON values: a store may give back equivalent text (Postgres JSONB).
         if dumps(json.loads(existing.input)) != encoded:
             raise StartConflictError(saga_id, reason="it was started with a different input")
-        # Not ours already (a concurrent start of ours may be spawning it) and no actor here.
-        if (
-            existing.status in ACTIVE
-            and existing.owner != self.node
-            and saga_id not in self._actors
-        ):
+        # No actor here: nobody drives it (its owner died), or we are its owner and did not
+        # hear that our own create landed (the store failed after writing it). Taking it
+        # is safe even if a concurrent start of ours is spawning it: the actor keeps the
+        # newer epoch (see _spawn).
+        if existing.status in ACTIVE and saga_id not in self._actors:
             running = self._definitions.get((existing.saga, existing.version))
             if running is None:  # as in recover(): left for a process that has it
                 log.warning(
@@ -348,18 +354,22 @@ class Coordinator:
             raise NotFoundError(saga_id)
         return decode_history(saga_id, loaded[1])
 
-    async def load_state(self, saga_id: str) -> SagaState:
-        """The instance's state, replayed from its history and checked against its row.
+    async def load_state(
+        self, saga_id: str, *, definition: SagaDefinition | None = None
+    ) -> SagaState:
+        """The instance's state, replayed from its history and checked against its row (and
+        against ``definition``, the one an actor is about to drive it with, when given).
 
         Raises:
             NotFoundError: there is no such instance.
             CorruptHistoryError: its history cannot be replayed.
+            NonDeterminismError: its history does not fit ``definition``.
         """
         loaded = await self.store.load(_check_id(saga_id))
         if loaded is None:
             raise NotFoundError(saga_id)
         row, records = loaded
-        return replay(saga_id, records, row)
+        return replay(saga_id, records, row, definition=definition)
 
     async def wait(self, saga_id: str) -> SagaOutcome:
         """Wait until the instance is terminal; see ``SagaHandle.outcome``."""
@@ -516,6 +526,7 @@ class Coordinator:
         return actor
 
     async def _commit(self, t: Transition) -> None:
+        crashpoint("before_commit")
         try:
             await self.store.commit(t)
         except ConflictError:

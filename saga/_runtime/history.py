@@ -10,7 +10,9 @@ import attrs
 from saga._core import events as ev
 from saga._core.codec import decode_event, encode_event
 from saga._core.decide import Decision
+from saga._core.definition import SagaDefinition
 from saga._core.events import Phase
+from saga._core.fit import check_fits
 from saga._core.state import SagaState, Status, fold
 from saga._store.port import (
     ACTIVE_STATUSES,
@@ -145,13 +147,19 @@ def decode_history(saga_id: str, records: Sequence[EventRecord]) -> list[Recorde
 
 
 def replay(
-    saga_id: str, records: Sequence[EventRecord], row: InstanceRecord | None = None
+    saga_id: str,
+    records: Sequence[EventRecord],
+    row: InstanceRecord | None = None,
+    *,
+    definition: SagaDefinition | None = None,
 ) -> SagaState:
-    """The state a history leads to, checked against the instance row when given.
+    """The state a history leads to, checked against the instance row when given, and
+    against ``definition`` (the one to drive it with) when given.
 
     Raises:
         CorruptHistoryError: the history does not decode, does not replay, or disagrees
             with the instance row.
+        NonDeterminismError: it does not fit ``definition`` (see ``saga._core.fit``).
     """
     events = [r.event for r in decode_history(saga_id, records)]
     if not events:
@@ -167,4 +175,6 @@ def replay(
             reason=f"replay gives {state.status.value} at {state.sequence}, "
             f"the instance row says {row.status} at {row.sequence}",
         )
+    if definition is not None:
+        check_fits(definition, saga_id, events)
     return state

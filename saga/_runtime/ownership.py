@@ -27,6 +27,7 @@ import attrs
 
 from saga._core import messages as msg
 from saga._core.codec import decode_command, dumps, encode_command
+from saga._crashpoints import crashpoint
 from saga._store.port import ACTIVE_STATUSES, InboxRecord, Reply
 from saga.errors import CommandRejected, CoordinatorError, SagaError, StoreError
 
@@ -219,14 +220,21 @@ class LeaseKeeper:
         """Take every claimable instance we have a definition for; returns how many."""
         coordinator = self.coordinator
         taken = 0
+        after: str | None = None
         while True:
+            # One pass over the ids: with ``own`` the rows we take stay claimable by us, so
+            # without the cursor a node holding a full batch would take the same batch
+            # again and again.
             rows = await self.store.claim(
                 self.node,
                 lease=self.policy.duration,
                 limit=self.policy.claim_batch,
                 sagas=list(coordinator._definitions),
                 own=own,
+                after=after,
             )
+            if rows:
+                crashpoint("recovery_claimed")
             for row in rows:
                 # If an actor runs it already, our lease lapsed and we took it back: the
                 # actor carries on at the new epoch (had anyone written meanwhile, its
@@ -236,6 +244,7 @@ class LeaseKeeper:
             taken += len(rows)
             if len(rows) < self.policy.claim_batch:
                 break
+            after = rows[-1].saga_id
         if taken:
             self.claimed += taken
             log.info("node %s: claimed %d instance(s)", self.node, taken)
@@ -255,6 +264,7 @@ class LeaseKeeper:
         except StoreError:
             self.renew_failures += 1
             raise
+        crashpoint("lease_renewed")
         self._renewed_at = started
         for saga_id, actor in actors.items():
             if saga_id not in held and not actor.done:

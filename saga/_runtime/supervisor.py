@@ -13,7 +13,7 @@ from saga._core.events import SagaSuspended
 from saga._core.state import Status
 from saga._runtime.history import record
 from saga._store.port import ACTIVE_STATUSES
-from saga.errors import FencedError, StoreError, StoreUnavailableError
+from saga.errors import FencedError, NonDeterminismError, StoreError, StoreUnavailableError
 
 if TYPE_CHECKING:
     from saga._runtime.actor import Actor
@@ -93,14 +93,18 @@ async def _restarting(coordinator: Coordinator, actor: Actor, boot: Decision | N
                     error,
                     delay,
                 )
-                await anyio.sleep(delay)
+                await coordinator.clock.sleep_until(coordinator.clock.now() + delay)
                 continue
             unavailable = 0
-            now = anyio.current_time()
+            now = coordinator.clock.now()
             crashes = [t for t in crashes if now - t < policy.within] + [now]
-            if len(crashes) > policy.max_restarts:
+            # A history that does not fit its definition fits no better after a restart.
+            misfit = isinstance(error, NonDeterminismError)
+            if misfit or len(crashes) > policy.max_restarts:
                 reason = (
-                    f"{len(crashes)} crashes in {policy.within}s; "
+                    f"{type(error).__name__}: {error}"
+                    if misfit
+                    else f"{len(crashes)} crashes in {policy.within}s; "
                     f"last: {type(error).__name__}: {error}"
                 )
                 try:
@@ -114,7 +118,7 @@ async def _restarting(coordinator: Coordinator, actor: Actor, boot: Decision | N
             log.warning(
                 "saga %s: actor crashed (%r); restart in %.2fs", actor.saga_id, error, delay
             )
-            await anyio.sleep(delay)
+            await coordinator.clock.sleep_until(coordinator.clock.now() + delay)
 
 
 async def _retaken(coordinator: Coordinator, actor: Actor) -> bool:

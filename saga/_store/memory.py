@@ -148,6 +148,7 @@ class MemoryStore:
         limit: int,
         sagas: Collection[tuple[str, int]],
         own: bool = False,
+        after: str | None = None,
     ) -> Sequence[InstanceRecord]:
         await anyio.lowlevel.checkpoint()
         now = time.time()
@@ -156,6 +157,8 @@ class MemoryStore:
         for saga_id in sorted(self._instances):
             if len(taken) >= limit:
                 break
+            if after is not None and saga_id <= after:
+                continue
             row = self._instances[saga_id]
             if (
                 row.status in ACTIVE_STATUSES

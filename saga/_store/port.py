@@ -200,12 +200,15 @@ class Store(Protocol):
         limit: int,
         sagas: Collection[tuple[str, int]],
         own: bool = False,
+        after: str | None = None,
     ) -> Sequence[InstanceRecord]:
         """Lease to ``owner`` up to ``limit`` active instances of the ``(saga, version)``s
         given that nobody holds a live lease on (with ``own``, also those ``owner`` holds:
-        a restarted coordinator taking back its own). One statement; rows another claimer
-        has locked are skipped, never waited for. Each taken row's epoch increments.
-        Returns the rows taken.
+        a restarted coordinator taking back its own), taking the lowest ids first and only
+        ids after ``after`` (a cursor: the last id a previous call returned). One
+        statement; rows another claimer has locked are skipped, never waited for. Each
+        taken row's epoch increments. Returns the rows taken, ordered by id in the store's
+        own order (the one ``after`` is compared in).
         """
         ...
 

@@ -347,6 +347,23 @@ async def test_claim_with_own_takes_back_the_callers_live_leases(store: Any) -> 
     assert await _row(store, "theirs") == theirs
 
 
+async def test_claim_after_a_cursor_takes_only_later_ids_in_order(store: Any) -> None:
+    for saga_id in ("s1", "s2", "s3", "s4", "s5"):
+        await store.create(_new(saga_id, owner="A", lease=LIVE))
+    # With ``own`` the rows taken stay claimable by the taker: only the cursor moves on.
+    first = await store.claim("A", lease=LIVE, limit=2, sagas=SAGAS, own=True)
+    assert [r.saga_id for r in first] == ["s1", "s2"]
+    again = await store.claim("A", lease=LIVE, limit=2, sagas=SAGAS, own=True)
+    assert [r.saga_id for r in again] == ["s1", "s2"]
+    rest = await store.claim("A", lease=LIVE, limit=2, sagas=SAGAS, own=True, after="s2")
+    assert [r.saga_id for r in rest] == ["s3", "s4"]
+    last = await store.claim("A", lease=LIVE, limit=2, sagas=SAGAS, own=True, after="s4")
+    assert [(r.saga_id, r.epoch) for r in last] == [("s5", 2)]
+    assert (
+        list(await store.claim("A", lease=LIVE, limit=2, sagas=SAGAS, own=True, after="s5")) == []
+    )
+
+
 async def test_concurrent_claims_never_take_an_instance_twice(store: Any) -> None:
     ids = [f"s{i:02}" for i in range(40)]
     for saga_id in ids:

@@ -4,13 +4,14 @@ Run as a real process by ``test_kill.py``, which kills it with SIGKILL and runs 
 until every saga is terminal:
 
     python tests/crash/workload.py --db PATH --ledger PATH --sagas N --seed S \
-        [--crash-probability P] [--concurrency C] [--backend asyncio|trio]
+        [--concurrency C] [--backend asyncio|trio]
 
 Every attempt of a step's action or compensation appends one JSON line to the ledger
-(``saga_id, step, phase, attempt, idempotency_key, pid, outcome``), flushed and fsync'd:
-it stands for the effect in the outside world. Right after writing it, an attempt kills
-its own process with probability ``P``: a crash after the side effect and before the
-coordinator has recorded the attempt's outcome.
+(``saga_id, step, phase, attempt, idempotency_key, pid, outcome``; see
+``tests.chaos.ledger``), flushed and fsync'd: it stands for the effect in the outside
+world. The test arms the ``step_effect_done`` and ``compensation_done`` crash points
+(``saga._crashpoints``), so that right after the side effect the process may kill
+itself: a crash before the coordinator has recorded the attempt's outcome.
 
 What each saga does is fixed by its id and the seed (see ``plan``), so every run of the
 script, killed or not, starts the same instances with the same input, and the test can
@@ -21,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
-import random
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ import anyio
 
 from saga import Coordinator, RetryPolicy, SagaDefinition, Step, StepContext
 from saga_adapters.sqlite import SQLiteStore
+from tests.chaos.ledger import Ledger
 
 SAGA = "crash_order"
 
@@ -79,40 +78,11 @@ class TransientError(Exception):
     """A failure that goes away when the attempt is made again."""
 
 
-class _World:
-    """The ledger, and this process's dice for killing itself."""
-
-    def __init__(self, ledger: Path, crash_probability: float, seed: int) -> None:
-        self.fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self.crash_probability = crash_probability
-        self.dice = random.Random(seed * 1_000_003 + os.getpid())
-
-    def side_effect(self, ctx: StepContext, outcome: str) -> None:
-        line = json.dumps(
-            {
-                "saga_id": ctx.saga_id,
-                "step": ctx.step,
-                "phase": ctx.phase.value,
-                "attempt": ctx.attempt,
-                "idempotency_key": ctx.idempotency_key,
-                "pid": os.getpid(),
-                "outcome": outcome,
-            },
-            sort_keys=True,
-        )
-        # One write(2) of the whole line on an O_APPEND descriptor, then fsync: the line
-        # is in the file, whole, before anything else happens, kill or not.
-        os.write(self.fd, (line + "\n").encode())
-        os.fsync(self.fd)
-        if self.dice.random() < self.crash_probability:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def build(world: _World) -> SagaDefinition:
+def build(ledger: Ledger) -> SagaDefinition:
     async def effect(ctx: StepContext, *, fail: bool) -> dict[str, Any]:
         # A little latency, so that attempts of different instances overlap.
         await anyio.sleep(ctx.input["delay_ms"] / 1000)
-        world.side_effect(ctx, "error" if fail else "ok")
+        ledger.write(ctx, "error" if fail else "ok")
         if fail:
             raise TransientError(f"{ctx.step} {ctx.phase.value} attempt {ctx.attempt} failed")
         return {"step": ctx.step, "key": ctx.idempotency_key[:8]}
@@ -161,8 +131,7 @@ def build(world: _World) -> SagaDefinition:
 
 
 async def run(args: argparse.Namespace) -> dict[str, int]:
-    world = _World(args.ledger, args.crash_probability, args.seed)
-    definition = build(world)
+    definition = build(Ledger(args.ledger))
     counts: dict[str, int] = {}
 
     async def one(coordinator: Coordinator, saga_id: str) -> None:
@@ -191,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ledger", type=Path, required=True)
     parser.add_argument("--sagas", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--crash-probability", type=float, default=0.0)
     # Few attempts at once, so that a run interleaves side effects and their commits
     # rather than re-running every in-flight attempt before recording any outcome.
     parser.add_argument("--concurrency", type=int, default=8)

@@ -8,7 +8,6 @@ conditions on the shared store with a deadline (``until``), never for a fixed ti
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,8 +21,7 @@ import anyio
 import pytest
 
 from saga._store.port import ACTIVE_STATUSES, InstanceRecord
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.chaos.procs import REPO, connect_postgres, env, tail, with_query
 
 T = TypeVar("T")
 
@@ -37,44 +35,13 @@ POSTGRES = pytest.param("postgres", marks=pytest.mark.postgres)
 STORES = [SQLITE, POSTGRES]
 
 
-#: Tried in order when SAGA_TEST_POSTGRES_DSN is not set: the local server, trust auth.
-LOCAL_DSNS = (
-    "postgresql://postgres@127.0.0.1:5432/test",
-    "postgresql://root@127.0.0.1:5432/test",
-)
-
-
 async def postgres_admin() -> tuple[str, Any]:
     """A DSN that reaches the test server (``SAGA_TEST_POSTGRES_DSN``, else the local one)
     and an asyncpg connection on it; skips the test, saying why, if there is none."""
-    import asyncpg
-
-    configured = os.environ.get("SAGA_TEST_POSTGRES_DSN")
-    errors = []
-    for dsn in (configured,) if configured else LOCAL_DSNS:
-        try:
-            return dsn, await asyncpg.connect(dsn, timeout=5)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            errors.append(f"{dsn}: {type(exc).__name__}: {exc}")
-    pytest.skip(f"Postgres is not reachable (set SAGA_TEST_POSTGRES_DSN): {'; '.join(errors)}")
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    paths = [str(REPO), str(REPO / "adapters")]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    return env
-
-
-def tail(path: Path, lines: int = 25) -> str:
-    return "\n".join(path.read_text().splitlines()[-lines:]) if path.exists() else ""
-
-
-def with_query(url: str, **options: str) -> str:
-    extra = "&".join(f"{k}={v}" for k, v in options.items())
-    return f"{url}{'&' if '?' in url else '?'}{extra}"
+    try:
+        return await connect_postgres()
+    except ConnectionError as exc:
+        pytest.skip(str(exc))
 
 
 @dataclass
@@ -171,7 +138,7 @@ class Cluster:
             command += ["--commit-delay", str(commit_delay)]
         with open(err, "wb") as stderr:
             proc = subprocess.Popen(
-                command, cwd=REPO, env=_env(), stdout=stderr, stderr=subprocess.STDOUT
+                command, cwd=REPO, env=env(), stdout=stderr, stderr=subprocess.STDOUT
             )
         worker = self.workers[node] = Worker(
             node, proc, ledger, stats, err, application_name=application_name

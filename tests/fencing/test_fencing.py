@@ -28,7 +28,14 @@ from saga._core import events as ev
 from saga._core.codec import decode_event
 from saga._store.port import ACTIVE_STATUSES
 from tests.fencing import worker
-from tests.fencing.checks import OUTCOME_EVENTS, attempt_of, check_all, recorded_by, snapshot
+from tests.fencing.checks import (
+    OUTCOME_EVENTS,
+    attempt_of,
+    check_all,
+    recorded_by,
+    recorded_outcomes,
+    snapshot,
+)
 from tests.fencing.cluster import POSTGRES, STORES, Cluster, Worker
 
 pytestmark = [pytest.mark.fencing, pytest.mark.anyio]
@@ -163,7 +170,7 @@ async def test_a_frozen_process_is_fenced_when_it_wakes(cluster: Cluster) -> Non
     # Nor did what it had decided before: a successor ran an attempt again only if its
     # outcome was not recorded when it took the saga over; the victim's, on its way then,
     # must not have landed afterwards.
-    outcomes = snap.outcomes()
+    outcomes = recorded_outcomes(snap)
     for line in ledger:
         if line["node"] != victim.node and line["saga_id"] in held and line["t0"] > stopped_at:
             recorded = outcomes.get(attempt_of(line))

@@ -43,6 +43,7 @@ import anyio
 
 from saga import Coordinator, LeasePolicy, RetryPolicy, SagaDefinition, Step, StepContext
 from saga_adapters import open_store
+from tests.chaos import ledger as chaos_ledger
 
 SAGA = "fencing_order"
 STEPS = ("reserve", "charge", "notify", "ship")
@@ -85,32 +86,16 @@ class ShipFailed(Exception):
 
 
 class Ledger:
-    """Side effects in the outside world: one fsync'd JSON line per attempt."""
+    """Side effects in the outside world: one fsync'd JSON line per attempt
+    (``tests.chaos.ledger``), naming the node, with when the attempt began (``t0``) and
+    wrote it (``t``)."""
 
     def __init__(self, path: Path, node: str) -> None:
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._lines = chaos_ledger.Ledger(path, node=node)
         self.node = node
 
     def write(self, ctx: StepContext, outcome: str, *, began: float) -> None:
-        line = json.dumps(
-            {
-                "saga_id": ctx.saga_id,
-                "step": ctx.step,
-                "phase": ctx.phase.value,
-                "attempt": ctx.attempt,
-                "idempotency_key": ctx.idempotency_key,
-                "outcome": outcome,
-                "node": self.node,
-                "pid": os.getpid(),
-                "t0": began,
-                "t": time.time(),
-            },
-            sort_keys=True,
-        )
-        # One write(2) on an O_APPEND descriptor, then fsync: the line is there, whole,
-        # before the attempt reports its outcome, whatever happens to the process next.
-        os.write(self.fd, (line + "\n").encode())
-        os.fsync(self.fd)
+        self._lines.write(ctx, outcome, t0=began, t=time.time())
 
 
 def build(ledger: Ledger) -> SagaDefinition:

@@ -331,3 +331,23 @@ async def test_a_node_that_cannot_renew_stops_its_actors_by_itself(hang: bool) -
         outcome = await a.handle("s1").outcome()  # taken back once the lease lapsed
     assert outcome.status is Status.COMPLETED
     assert gate.calls == [("s1", 1), ("s1", 1)]
+
+
+async def test_a_restarted_node_takes_back_more_than_a_batch_of_its_own_at_once(
+    store: Any,
+) -> None:
+    # Its previous run (same node name) left more live leases than one claim batch: the
+    # new run takes each back once (one new epoch each), instead of the first batch over
+    # and over, and finishes them all without waiting for a lease to expire.
+    gate = Gate()
+    gate.release.set()
+    saga = saga_of(gate)
+    ids = [f"own-{i}" for i in range(7)]
+    for saga_id in ids:
+        await _create(store, saga, saga_id, owner="a")
+    policy = LeasePolicy(duration=600.0, renew_every=200.0, poll_interval=0.05, claim_batch=2)
+    with anyio.fail_after(30):  # the entry looped forever before the claim cursor
+        async with Coordinator(store, [saga], node="a", leases=policy) as c:
+            for saga_id in ids:
+                assert (await c.handle(saga_id).outcome()).status is Status.COMPLETED
+    assert {(await store.instance(i)).epoch for i in ids} == {2}

@@ -111,15 +111,20 @@ class Statements:
             f"WHERE saga_id = $1 AND {free % 2} RETURNING {INSTANCE_COLUMNS}"
         )
         # One statement: rows another claimer has locked are skipped, not waited for.
+        # Returned in the database's order of ids (its collation), the order ``after`` is
+        # compared in: the caller's cursor is the last row.
         self.claim = (
-            f"UPDATE {instances} SET owner = $1, epoch = epoch + 1, lease_until = {NOW} + $2 "
-            "WHERE saga_id IN ("
+            "WITH claimed AS ("
+            f" UPDATE {instances} SET owner = $1, epoch = epoch + 1, lease_until = {NOW} + $2"
+            " WHERE saga_id IN ("
             f"  SELECT saga_id FROM {instances}"
             f"  WHERE status IN ({_ACTIVE})"
             "   AND (saga, version) IN (SELECT * FROM unnest($3::text[], $4::integer[]))"
             f"  AND {free % 5}"
+            "   AND ($7::text IS NULL OR saga_id > $7::text)"
             "   ORDER BY saga_id LIMIT $6 FOR UPDATE SKIP LOCKED"
-            f") RETURNING {INSTANCE_COLUMNS}"
+            f" ) RETURNING {INSTANCE_COLUMNS}"
+            f") SELECT {INSTANCE_COLUMNS} FROM claimed ORDER BY saga_id"
         )
         self.renew = (
             f"UPDATE {instances} i SET lease_until = {NOW} + $2 "

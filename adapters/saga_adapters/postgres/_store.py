@@ -27,6 +27,7 @@ import anyio
 import anyio.abc
 import asyncpg
 
+from saga._crashpoints import crashpoint
 from saga._store.group_commit import Write, WriteQueue
 from saga._store.port import (
     EventRecord,
@@ -337,6 +338,7 @@ class PostgresStore:
         try:
             async with self._connection() as conn, conn.transaction():
                 await self._apply(conn, batch)
+                crashpoint("group_commit_written")
         except StoreError as exc:
             if len(batch) > 1 and not isinstance(exc, StoreUnavailableError):
                 for write in batch:
@@ -532,6 +534,7 @@ class PostgresStore:
         limit: int,
         sagas: Collection[tuple[str, int]],
         own: bool = False,
+        after: str | None = None,
     ) -> Sequence[InstanceRecord]:
         kinds = sorted(set(sagas))
         if not kinds or limit <= 0:
@@ -544,8 +547,9 @@ class PostgresStore:
             [version for _, version in kinds],
             owner if own else None,
             limit,
+            after,
         )
-        return sorted((_instance(row) for row in rows), key=lambda r: r.saga_id)
+        return [_instance(row) for row in rows]  # in the database's order (see the SQL)
 
     async def renew(
         self, owner: str, leases: Mapping[str, int], *, lease: float

@@ -19,6 +19,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
+from saga._crashpoints import crashpoint
 from saga._store.group_commit import Write, WriteQueue
 from saga._store.port import (
     ACTIVE_STATUSES,
@@ -248,6 +249,7 @@ class SQLiteStore:
             try:
                 accepted = [t for t in (self._stage(db, w) for w in batch) if t is not None]
                 senders = self._append(db, accepted)
+                crashpoint("group_commit_written")
                 db.execute("COMMIT")
             except BaseException:
                 # SQLite rolls back by itself on some errors (disk full, I/O); a second
@@ -480,6 +482,7 @@ class SQLiteStore:
         limit: int,
         sagas: Collection[tuple[str, int]],
         own: bool = False,
+        after: str | None = None,
     ) -> Sequence[InstanceRecord]:
         kinds = json.dumps(sorted([name, version] for name, version in sagas))
         statuses = json.dumps(ACTIVE_STATUSES)
@@ -495,10 +498,11 @@ class SQLiteStore:
                 "  AND EXISTS (SELECT 1 FROM json_each(?) k"
                 "    WHERE json_extract(k.value, '$[0]') = saga"
                 "    AND json_extract(k.value, '$[1]') = version)"
-                f"  AND {_FREE} ORDER BY saga_id LIMIT ?"
+                f"  AND {_FREE} AND (? IS NULL OR saga_id > ?) ORDER BY saga_id LIMIT ?"
                 f") RETURNING {_INSTANCE_COLUMNS}",
-                (owner, lease, statuses, kinds, owner if own else None, limit),
+                (owner, lease, statuses, kinds, owner if own else None, after, after, limit),
             ).fetchall()
+            # BINARY collation: SQLite's order of ids is Python's (code points).
             return sorted((_instance(row) for row in rows), key=lambda r: r.saga_id)
 
         return await self._exclusive(write)

@@ -1,0 +1,134 @@
+"""Every compensation path of a saga: fail each step in turn, check how the saga ends."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from saga._core.definition import SagaDefinition, StepKind
+from saga._core.events import CompensationCompleted, StepCompleted
+from saga._core.state import Status
+from saga._runtime.coordinator import Coordinator
+from saga._runtime.handle import SagaOutcome
+from saga._runtime.history import RecordedEvent
+
+if TYPE_CHECKING:
+    from saga.testing._kit import SagaTestKit
+
+__all__ = ["CompensationPath", "compensation_paths", "compensations", "completed_steps"]
+
+
+def completed_steps(history: Sequence[RecordedEvent]) -> list[str]:
+    """The steps whose action completed, in the order they did."""
+    return [e.event.step for e in history if isinstance(e.event, StepCompleted)]
+
+
+def compensations(history: Sequence[RecordedEvent]) -> list[str]:
+    """The steps whose compensation completed, in the order they did."""
+    return [e.event.step for e in history if isinstance(e.event, CompensationCompleted)]
+
+
+@attrs.frozen(kw_only=True)
+class CompensationPath:
+    """What must happen when one step of a saga fails for good.
+
+    Attributes:
+        saga: the definition.
+        step: the step that fails (its action, permanently, on its first attempt).
+        status: the terminal status the saga must end in.
+        completed: the steps that complete before it, in order.
+        compensations: the compensations that must run, in this exact order.
+    """
+
+    saga: SagaDefinition = attrs.field(repr=False)
+    step: str
+    status: Status
+    completed: tuple[str, ...]
+    compensations: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.step}-fails"
+
+    def describe(self) -> str:
+        undo = ", ".join(self.compensations) or "nothing"
+        return f"{self.step} fails -> {self.status.value}, undoing {undo}"
+
+    async def check(
+        self,
+        kit: SagaTestKit,
+        input: Any = None,
+        *,
+        saga_id: str | None = None,
+        coordinator: Coordinator | None = None,
+    ) -> SagaOutcome:
+        """Run the saga with ``input``, its step failing for good, and check the path.
+
+        Uses ``coordinator`` (one of the kit's) or a fresh one of the kit's. Returns the
+        outcome.
+
+        Raises:
+            AssertionError: the saga ended otherwise, saying expected versus actual.
+        """
+        saga_id = saga_id or f"{self.saga.name}-{self.step}-fails"
+        kit.faults.fail_permanently(self.step, saga=self.saga.name, saga_id=saga_id)
+        if coordinator is None:
+            async with kit.coordinator([self.saga]) as fresh:
+                return await self._check(fresh, saga_id, input)
+        return await self._check(coordinator, saga_id, input)
+
+    async def _check(self, coordinator: Coordinator, saga_id: str, input: Any) -> SagaOutcome:
+        handle = await coordinator.start(self.saga, saga_id, input)
+        outcome = await handle.outcome()
+        history = await handle.history()
+        actual = (outcome.status, tuple(completed_steps(history)), tuple(compensations(history)))
+        if actual != (self.status, self.completed, self.compensations):
+            raise AssertionError(
+                f"{self.saga.name} v{self.saga.version}, instance {saga_id!r}: "
+                f"when {self.step!r} fails\n"
+                f"  expected: {_show(self.status, self.completed, self.compensations)}\n"
+                f"  actual:   {_show(*actual)}"
+                + (f"\n  reason:   {outcome.reason}" if outcome.reason else "")
+            )
+        return outcome
+
+
+def _show(status: Status, completed: tuple[str, ...], undone: tuple[str, ...]) -> str:
+    return f"{status.value}; completed [{', '.join(completed)}]; compensated [{', '.join(undone)}]"
+
+
+def compensation_paths(saga: SagaDefinition) -> list[CompensationPath]:
+    """One path per step: that step fails for good, after every step before it completed.
+
+    Before the pivot (and at it), the saga must compensate every completed step that has a
+    compensation, newest first, and end ``compensated``. Past the pivot there is no way
+    back: the saga must end ``failed`` and undo nothing.
+
+    Use it as a pytest parametrization::
+
+        @pytest.mark.parametrize("path", compensation_paths(checkout), ids=str)
+        async def test_compensation(saga_kit, path):
+            await path.check(saga_kit, {"sku": "book"})
+    """
+    if not isinstance(saga, SagaDefinition):
+        raise TypeError(f"compensation_paths takes a SagaDefinition, got {saga!r}")
+    paths = []
+    for index, step in enumerate(saga.steps):
+        before = saga.steps[:index]
+        undone: tuple[str, ...] = ()
+        if step.kind is StepKind.RETRIABLE:
+            status = Status.FAILED
+        else:
+            status = Status.COMPENSATED
+            undone = tuple(s.name for s in reversed(before) if s.compensation is not None)
+        paths.append(
+            CompensationPath(
+                saga=saga,
+                step=step.name,
+                status=status,
+                completed=tuple(s.name for s in before),
+                compensations=undone,
+            )
+        )
+    return paths
