@@ -7,7 +7,6 @@ one), each on a fresh schema that is dropped afterwards.
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +19,7 @@ import pytest
 from saga import MemoryStore
 from saga_adapters.postgres import PostgresStore
 from saga_adapters.sqlite import SQLiteStore
+from tests.chaos.procs import connect_postgres
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -47,33 +47,22 @@ STORES = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgre
 
 # -- Postgres ---------------------------------------------------------------------------
 
-_DEFAULT_DSNS = (
-    "postgresql://127.0.0.1:5432/test",
-    "postgresql://postgres@127.0.0.1:5432/test",
-    "postgresql://root@127.0.0.1:5432/test",
-)
 _postgres: dict[str, str] = {}  # "dsn" once one answered, else "error"
 
 
 async def postgres_dsn() -> str:
-    """A DSN that reaches the test server, or skip the test saying why not."""
-    if "dsn" in _postgres:
-        return _postgres["dsn"]
-    configured = os.environ.get("SAGA_TEST_POSTGRES_DSN")
-    candidates = (configured,) if configured else _DEFAULT_DSNS
-    if "error" not in _postgres:
-        errors = []
-        for dsn in candidates:
-            try:
-                conn = await asyncpg.connect(dsn, timeout=5)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
-                continue
+    """A DSN that reaches the test server, or skip the test saying why not (asked once)."""
+    if "dsn" not in _postgres and "error" not in _postgres:
+        try:
+            dsn, conn = await connect_postgres()
+        except ConnectionError as exc:
+            _postgres["error"] = str(exc)
+        else:
             await conn.close()
             _postgres["dsn"] = dsn
-            return dsn
-        _postgres["error"] = "; ".join(errors)
-    pytest.skip(f"Postgres not reachable at {' or '.join(candidates)}: {_postgres['error']}")
+    if "dsn" in _postgres:
+        return _postgres["dsn"]
+    pytest.skip(_postgres["error"])
 
 
 @asynccontextmanager

@@ -252,3 +252,23 @@ class SagaDefinition:
             if step.name == name:
                 return i
         raise KeyError(name)
+
+
+def by_version(definitions: Iterable[SagaDefinition]) -> dict[tuple[str, int], SagaDefinition]:
+    """The definitions by ``(name, version)``.
+
+    Raises:
+        DefinitionError: an item is not a ``SagaDefinition``, or two different definitions
+            share a name and version.
+    """
+    known: dict[tuple[str, int], SagaDefinition] = {}
+    for definition in definitions:
+        if not isinstance(definition, SagaDefinition):
+            raise DefinitionError(f"expected SagaDefinition objects, got {definition!r}")
+        key = (definition.name, definition.version)
+        if known.setdefault(key, definition) is not definition:
+            raise DefinitionError(
+                f"two different definitions of {definition.name!r} v{definition.version}",
+                saga=definition.name,
+            )
+    return known

@@ -15,7 +15,7 @@ import attrs
 from saga._core import messages as msg
 from saga._core.codec import check_payload, dumps
 from saga._core.decide import Decision, decide, start
-from saga._core.definition import SagaDefinition
+from saga._core.definition import SagaDefinition, by_version
 from saga._core.state import SagaState, Status
 from saga._crashpoints import crashpoint
 from saga._runtime.actor import Actor, Envelope, Moved
@@ -29,7 +29,6 @@ from saga._store.port import InstanceRecord, NewInstance, Reply, Store, Transiti
 from saga.errors import (
     ConflictError,
     CoordinatorError,
-    DefinitionError,
     FencedError,
     InvalidSagaIdError,
     NotFoundError,
@@ -130,10 +129,10 @@ class Coordinator:
         self.node = node or default_node()
         self.leases = leases or LeasePolicy()
         self._recover_on_enter = recover
-        self._definitions: dict[tuple[str, int], SagaDefinition] = {}
+        self._definitions = by_version(sagas)
         self._newest: dict[str, SagaDefinition] = {}
-        for definition in sagas:
-            self._register(definition)
+        for definition in sorted(self._definitions.values(), key=lambda d: d.version):
+            self._newest[definition.name] = definition
         self._actors: dict[str, Actor] = {}
         self._waiters: dict[str, _Waiter] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -146,21 +145,6 @@ class Coordinator:
         self.fenced = 0
         #: Wraps every step call (``saga.testing`` injects faults through it).
         self.step_hook: StepHook | None = None
-
-    def _register(self, definition: SagaDefinition) -> None:
-        if not isinstance(definition, SagaDefinition):
-            raise DefinitionError(f"sagas must be SagaDefinition objects, got {definition!r}")
-        key = (definition.name, definition.version)
-        known = self._definitions.get(key)
-        if known is not None and known is not definition:
-            raise DefinitionError(
-                f"two different definitions of {definition.name!r} v{definition.version}",
-                saga=definition.name,
-            )
-        self._definitions[key] = definition
-        newest = self._newest.get(definition.name)
-        if newest is None or newest.version < definition.version:
-            self._newest[definition.name] = definition
 
     def definition(self, name: str, version: int | None = None) -> SagaDefinition:
         """The registered definition ``name`` (the newest, or ``version``).

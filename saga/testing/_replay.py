@@ -37,12 +37,12 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from saga._core.definition import SagaDefinition
+from saga._core.definition import SagaDefinition, by_version
 from saga._core.fit import Divergence, divergence
 from saga._core.state import Status
 from saga._runtime.history import decode_history, replay
 from saga._store.port import EventRecord, InstanceRecord, Store
-from saga.errors import CorruptHistoryError, DefinitionError, SagaError
+from saga.errors import CorruptHistoryError, SagaError
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -246,18 +246,7 @@ async def check_replay(
 def _registry(definitions: Iterable[SagaDefinition]) -> dict[tuple[str, int], SagaDefinition]:
     if isinstance(definitions, SagaDefinition):
         raise TypeError("definitions takes a list of definitions: check_replay(source, [saga])")
-    known: dict[tuple[str, int], SagaDefinition] = {}
-    for definition in definitions:
-        if not isinstance(definition, SagaDefinition):
-            raise DefinitionError(f"definitions must be SagaDefinition objects, got {definition!r}")
-        key = (definition.name, definition.version)
-        if known.get(key, definition) is not definition:
-            raise DefinitionError(
-                f"two different definitions of {definition.name!r} v{definition.version}",
-                saga=definition.name,
-            )
-        known[key] = definition
-    return known
+    return by_version(definitions)
 
 
 def _check(

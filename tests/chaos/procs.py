@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 #: Tried in order when SAGA_TEST_POSTGRES_DSN is not set: the local server, trust auth.
 LOCAL_DSNS = (
+    "postgresql://127.0.0.1:5432/test",
     "postgresql://postgres@127.0.0.1:5432/test",
     "postgresql://root@127.0.0.1:5432/test",
 )
