@@ -7,9 +7,18 @@ status (completed, compensated, failed or cancelled) through crashes and restart
 
 from saga._core.context import StepContext
 from saga._core.decide import idempotency_key
-from saga._core.definition import RetryPolicy, SagaDefinition, Step, StepKind
+from saga._core.definition import (
+    OnTimeout,
+    RetryPolicy,
+    SagaDefinition,
+    Sleep,
+    Step,
+    StepKind,
+    WaitForSignal,
+)
 from saga._core.events import ErrorInfo, Phase
 from saga._core.state import Attempt, SagaState, Status
+from saga._core.view import PendingWait, SagaView
 from saga._runtime.clock import Clock, SystemClock
 from saga._runtime.coordinator import Coordinator, LeasePolicy, SupervisionPolicy
 from saga._runtime.handle import SagaHandle, SagaOutcome
@@ -24,6 +33,8 @@ __all__ = [
     "ErrorInfo",
     "LeasePolicy",
     "MemoryStore",
+    "OnTimeout",
+    "PendingWait",
     "Phase",
     "RecordedEvent",
     "RetryPolicy",
@@ -31,6 +42,8 @@ __all__ = [
     "SagaHandle",
     "SagaOutcome",
     "SagaState",
+    "SagaView",
+    "Sleep",
     "Status",
     "Step",
     "StepContext",
@@ -38,6 +51,7 @@ __all__ = [
     "Store",
     "SupervisionPolicy",
     "SystemClock",
+    "WaitForSignal",
     "idempotency_key",
 ]
 

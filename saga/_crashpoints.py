@@ -65,6 +65,10 @@ POINTS: dict[str, str] = {
         "Actor._run_attempt, a retry's backoff (run_after) has just ended, before the "
         "attempt runs: the retry is re-issued from history with the same run_after."
     ),
+    "timer_fired": (
+        "Actor._timer, a sleep or a signal wait's timeout ran out and FireTimer is not "
+        "reported yet: the timer is in the store and fires again (at once) after recovery."
+    ),
     "lease_renewed": (
         "LeaseKeeper.renew, the store renewed our leases and we have not noted it: the "
         "next process under the same node takes them back at once."

@@ -132,8 +132,8 @@ def decode_event(type_name: str, schema: int, data: str) -> ev.Event:
 
 
 #: Commands that may travel between coordinators (through a store's inbox).
-_COMMANDS: dict[str, type[msg.CancelSaga | msg.SuspendSaga | msg.ResumeSaga]] = {
-    cls.__name__: cls for cls in (msg.CancelSaga, msg.SuspendSaga, msg.ResumeSaga)
+_COMMANDS: dict[str, type[msg.SignalSaga | msg.CancelSaga | msg.SuspendSaga | msg.ResumeSaga]] = {
+    cls.__name__: cls for cls in (msg.SignalSaga, msg.CancelSaga, msg.SuspendSaga, msg.ResumeSaga)
 }
 
 

@@ -11,17 +11,27 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from saga.errors import DefinitionError
+from saga._core.codec import check_payload
+from saga.errors import DefinitionError, PayloadError
 
 if TYPE_CHECKING:
     from saga._core.context import StepContext
 
-__all__ = ["RetryPolicy", "SagaDefinition", "Step", "StepKind"]
+__all__ = [
+    "OnTimeout",
+    "RetryPolicy",
+    "SagaDefinition",
+    "Sleep",
+    "Step",
+    "StepKind",
+    "Wait",
+    "WaitForSignal",
+]
 
 StepFn = Callable[["StepContext"], Awaitable[Any]]
 
 # Names end up in ids, idempotency keys, logs and the CLI: keep them boring.
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}")
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}")
 
 
 class StepKind(enum.Enum):
@@ -115,32 +125,104 @@ class RetryPolicy:
         return self.max_attempts is None or next_attempt <= self.max_attempts
 
 
+def _check_seconds(what: str, value: object, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if not (_is_number(value) and math.isfinite(value) and value > 0):  # type: ignore[arg-type, operator]
+        raise DefinitionError(f"{what} must be a number of seconds > 0, got {value!r}")
+
+
+@attrs.frozen
+class Sleep:
+    """A durable sleep: the step completes ``seconds`` after it is scheduled.
+
+    The instance holds no task and no memory meanwhile (see ``Coordinator``'s
+    ``passivate_after``); the wake-up time is in the store and survives restarts.
+    """
+
+    seconds: float
+
+    def __attrs_post_init__(self) -> None:
+        _check_seconds("Sleep.seconds", self.seconds, optional=False)
+
+
+class OnTimeout(enum.Enum):
+    """What a signal wait does when its timeout passes first."""
+
+    #: The step fails for good: the saga compensates what it completed.
+    COMPENSATE = "compensate"
+    #: The step completes with ``timeout_result``; later steps read it in ``ctx.results``.
+    CONTINUE = "continue"
+
+
+@attrs.frozen
+class WaitForSignal:
+    """Wait for the named signal (``Coordinator.signal``); its payload is the step's result.
+
+    A signal sent before the saga reaches the wait is kept for it. Several waits for one
+    name take its signals in the order they arrived.
+
+    Attributes:
+        signal: the signal's name.
+        timeout: seconds to wait (from when the step is scheduled); ``None`` waits forever.
+        on_timeout: what happens when the timeout passes first.
+        timeout_result: the step's result when it times out with ``OnTimeout.CONTINUE``.
+    """
+
+    signal: str
+    timeout: float | None = attrs.field(default=None, kw_only=True)
+    on_timeout: OnTimeout = attrs.field(default=OnTimeout.COMPENSATE, kw_only=True)
+    timeout_result: Any = attrs.field(default=None, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.signal, str) or not NAME.fullmatch(self.signal):
+            raise DefinitionError(
+                f"WaitForSignal.signal must match {NAME.pattern}, got {self.signal!r}"
+            )
+        _check_seconds("WaitForSignal.timeout", self.timeout, optional=True)
+        if not isinstance(self.on_timeout, OnTimeout):
+            raise DefinitionError(
+                f"WaitForSignal.on_timeout must be an OnTimeout, got {self.on_timeout!r}"
+            )
+        try:
+            check_payload(self.timeout_result, "WaitForSignal.timeout_result")
+        except PayloadError as exc:
+            raise DefinitionError(str(exc)) from exc
+
+
+#: What a step without an action waits for.
+Wait = Sleep | WaitForSignal
+
+
 @attrs.frozen(kw_only=True)
 class Step:
     """One step of a saga: a forward action and, optionally, its compensation.
 
     Both are ``async def f(ctx: StepContext) -> result``. The action's result is recorded
     and handed to later steps (``ctx.results``) and to this step's compensation
-    (``ctx.result``).
+    (``ctx.result``). A step may instead wait (``wait=Sleep(...)`` or
+    ``wait=WaitForSignal(...)``): it has no action and nothing to undo.
 
     Attributes:
         name: unique within the saga.
-        action: the forward action.
+        action: the forward action (``None`` for a waiting step).
         compensation: undoes the action; only compensatable steps may have one.
         kind: compensatable (default), pivot or retriable.
         retry: retry policy of the action. Retriable steps retry forever whatever it says
             of ``max_attempts``.
         compensation_retry: retry policy of the compensation.
         timeout: seconds one attempt may take (action or compensation); ``None`` is no limit.
+        wait: instead of an action, what the step waits for.
     """
 
     name: str
-    action: StepFn
+    action: StepFn | None = None
     compensation: StepFn | None = None
     kind: StepKind = StepKind.COMPENSATABLE
     retry: RetryPolicy = RetryPolicy()
     compensation_retry: RetryPolicy = RetryPolicy(max_attempts=10)
     timeout: float | None = None
+    wait: Wait | None = None
 
     @property
     def action_policy(self) -> RetryPolicy:
@@ -175,9 +257,9 @@ class SagaDefinition:
     version: int = attrs.field(default=1, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+        if not isinstance(self.name, str) or not NAME.fullmatch(self.name):
             raise DefinitionError(
-                f"saga name must match {_NAME.pattern}, got {self.name!r}", saga=str(self.name)
+                f"saga name must match {NAME.pattern}, got {self.name!r}", saga=str(self.name)
             )
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
             raise DefinitionError(
@@ -203,9 +285,9 @@ class SagaDefinition:
     def _check_step(self, step: object, seen: set[str]) -> None:
         if not isinstance(step, Step):
             raise DefinitionError(f"steps must be Step objects, got {step!r}", saga=self.name)
-        if not isinstance(step.name, str) or not _NAME.fullmatch(step.name):
+        if not isinstance(step.name, str) or not NAME.fullmatch(step.name):
             raise DefinitionError(
-                f"step name must match {_NAME.pattern}, got {step.name!r}", saga=self.name
+                f"step name must match {NAME.pattern}, got {step.name!r}", saga=self.name
             )
         if step.name in seen:
             raise DefinitionError(
@@ -216,7 +298,10 @@ class SagaDefinition:
             raise DefinitionError(
                 f"kind must be a StepKind, got {step.kind!r}", saga=self.name, step=step.name
             )
-        _check_fn(self.name, step.name, "action", step.action)
+        if step.wait is not None:
+            self._check_wait(step)
+        else:
+            _check_fn(self.name, step.name, "action", step.action)
         if step.compensation is not None:
             if step.kind is not StepKind.COMPENSATABLE:
                 raise DefinitionError(
@@ -239,6 +324,29 @@ class SagaDefinition:
                 f"timeout must be a number of seconds > 0 or None, got {step.timeout!r}",
                 saga=self.name,
                 step=step.name,
+            )
+
+    def _check_wait(self, step: Step) -> None:
+        def refuse(why: str) -> DefinitionError:
+            return DefinitionError(why, saga=self.name, step=step.name)
+
+        if not isinstance(step.wait, Sleep | WaitForSignal):
+            raise refuse(f"wait must be Sleep(...) or WaitForSignal(...), got {step.wait!r}")
+        if step.action is not None:
+            raise refuse("a step has an action or a wait, not both")
+        if step.compensation is not None:
+            raise refuse("a waiting step has nothing to undo: it takes no compensation")
+        if step.timeout is not None:
+            raise refuse("a waiting step takes no timeout: give WaitForSignal(timeout=...)")
+        if (
+            isinstance(step.wait, WaitForSignal)
+            and step.wait.timeout is not None
+            and step.wait.on_timeout is OnTimeout.COMPENSATE
+            and step.kind is not StepKind.COMPENSATABLE
+        ):
+            raise refuse(
+                f"a {step.kind.value} step cannot compensate on timeout: after the pivot a "
+                "saga only goes forward (use OnTimeout.CONTINUE, or no timeout)"
             )
 
     def step(self, name: str) -> Step:

@@ -7,7 +7,7 @@ import attrs
 from saga._core.events import Phase
 from saga._core.state import Status
 
-__all__ = ["AbortAttempt", "Effect", "Finish", "RunAttempt"]
+__all__ = ["AbortAttempt", "ArmTimer", "Effect", "Finish", "RunAttempt"]
 
 
 @attrs.frozen(kw_only=True)
@@ -19,6 +19,19 @@ class RunAttempt:
     attempt: int
     idempotency_key: str
     run_after: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ArmTimer:
+    """Report ``FireTimer`` for a waiting step's attempt at ``at`` (the clock's time).
+
+    The timer is also in the store (the instance's wake-up time), so an instance that
+    holds no timer in memory (passivated, or its process died) is woken for it.
+    """
+
+    step: str
+    attempt: int
+    at: float
 
 
 @attrs.frozen(kw_only=True)
@@ -41,4 +54,4 @@ class Finish:
     status: Status
 
 
-Effect = RunAttempt | AbortAttempt | Finish
+Effect = RunAttempt | ArmTimer | AbortAttempt | Finish

@@ -28,6 +28,8 @@ __all__ = [
     "SagaResumed",
     "SagaStarted",
     "SagaSuspended",
+    "SignalConsumed",
+    "SignalReceived",
     "StepCompleted",
     "StepFailed",
     "StepScheduled",
@@ -88,6 +90,23 @@ class StepFailed:
     attempt: int
     error: ErrorInfo
     will_retry: bool
+
+
+@attrs.frozen(kw_only=True)
+class SignalReceived:
+    """A signal arrived; it waits in the instance until a step waiting for ``name`` takes it."""
+
+    name: str
+    payload: Any
+    message_id: str
+
+
+@attrs.frozen(kw_only=True)
+class SignalConsumed:
+    """The waiting step ``step`` took signal ``message_id`` (its payload is the result)."""
+
+    step: str
+    message_id: str
 
 
 @attrs.frozen(kw_only=True)
@@ -167,6 +186,8 @@ Event = (
     | StepScheduled
     | StepCompleted
     | StepFailed
+    | SignalReceived
+    | SignalConsumed
     | CancelRequested
     | CompensationTriggered
     | CompensationScheduled
@@ -188,6 +209,8 @@ EVENT_TYPES: dict[str, type[Any]] = {
         StepScheduled,
         StepCompleted,
         StepFailed,
+        SignalReceived,
+        SignalConsumed,
         CancelRequested,
         CompensationTriggered,
         CompensationScheduled,

@@ -12,8 +12,10 @@ __all__ = [
     "CancelSaga",
     "CompleteAttempt",
     "FailAttempt",
+    "FireTimer",
     "Message",
     "ResumeSaga",
+    "SignalSaga",
     "StartSaga",
     "SuspendSaga",
     "command_name",
@@ -47,6 +49,23 @@ class FailAttempt:
 
 
 @attrs.frozen(kw_only=True)
+class FireTimer:
+    """The timer of a waiting step's attempt (a sleep's end, a signal wait's timeout) ran out."""
+
+    step: str
+    attempt: int
+
+
+@attrs.frozen(kw_only=True)
+class SignalSaga:
+    """Deliver signal ``name``; ``message_id`` makes a repeated delivery a no-op."""
+
+    name: str
+    payload: Any
+    message_id: str
+
+
+@attrs.frozen(kw_only=True)
 class CancelSaga:
     reason: str
 
@@ -61,9 +80,24 @@ class ResumeSaga:
     pass
 
 
-Message = StartSaga | CompleteAttempt | FailAttempt | CancelSaga | SuspendSaga | ResumeSaga
+Message = (
+    StartSaga
+    | CompleteAttempt
+    | FailAttempt
+    | FireTimer
+    | SignalSaga
+    | CancelSaga
+    | SuspendSaga
+    | ResumeSaga
+)
 
-_COMMANDS = {StartSaga: "start", CancelSaga: "cancel", SuspendSaga: "suspend", ResumeSaga: "resume"}
+_COMMANDS = {
+    StartSaga: "start",
+    SignalSaga: "signal",
+    CancelSaga: "cancel",
+    SuspendSaga: "suspend",
+    ResumeSaga: "resume",
+}
 
 
 def command_name(message: Message) -> str:

@@ -62,6 +62,8 @@ class SagaState:
         pending: for a failed saga, the steps that are still to be undone.
         resume_to: while suspended, the status to go back to.
         suspension: while suspended, why.
+        signals: signals received and not taken by a waiting step yet, oldest first.
+        signal_ids: the message id of every signal received (a repeat is dropped).
     """
 
     saga_id: str
@@ -80,6 +82,15 @@ class SagaState:
     pending: tuple[str, ...] = ()
     resume_to: Status | None = None
     suspension: str | None = None
+    signals: tuple[ev.SignalReceived, ...] = ()
+    signal_ids: frozenset[str] = frozenset()
+
+    def signal(self, name: str) -> ev.SignalReceived | None:
+        """The oldest signal ``name`` waiting to be taken, if any."""
+        for signal in self.signals:
+            if signal.name == name:
+                return signal
+        return None
 
     def attempt(self, phase: Phase, step: str) -> Attempt | None:
         for attempt in self.in_flight:
@@ -113,6 +124,10 @@ def _changes(state: SagaState, event: ev.Event) -> dict[str, Any]:
             )
         case ev.StepFailed(step=step):
             return dict(in_flight=_without(state, Phase.ACTION, step))
+        case ev.SignalReceived(message_id=message_id):
+            return dict(signals=(*state.signals, event), signal_ids=state.signal_ids | {message_id})
+        case ev.SignalConsumed(message_id=message_id):
+            return dict(signals=tuple(s for s in state.signals if s.message_id != message_id))
         case ev.CancelRequested(reason=reason):
             return dict(cancel_reason=reason)
         case ev.CompensationTriggered(reason=reason, cancelled=cancelled):

@@ -13,9 +13,9 @@ import attrs
 from saga._core import messages as msg
 from saga._core.codec import check_payload
 from saga._core.context import StepContext
-from saga._core.decide import Decision, decide, outstanding
+from saga._core.decide import Decision, decide, outstanding, wake_at
 from saga._core.definition import SagaDefinition
-from saga._core.effects import AbortAttempt, Effect, Finish, RunAttempt
+from saga._core.effects import AbortAttempt, ArmTimer, Effect, Finish, RunAttempt
 from saga._core.events import ErrorInfo, Phase
 from saga._core.state import SagaState, Status
 from saga._crashpoints import crashpoint
@@ -86,6 +86,8 @@ class Actor:
         self.epoch = epoch
         #: Set when the lease passed to another owner: the actor stops and is not restarted.
         self.lost = False
+        #: Set when it stopped for want of anything to do (see ``Coordinator.passivate_after``).
+        self.passivated = False
         self.scope = anyio.CancelScope()  # around every incarnation: lose() cancels it
         #: Our clock when the lease was taken (about: just after the store said so).
         self.leased_at = anyio.current_time()
@@ -121,13 +123,17 @@ class Actor:
                     self.saga_id, definition=self.definition
                 )
                 now = self.coordinator.clock.now()
-                effects: tuple[Effect, ...] = outstanding(self.state, now)
+                effects: tuple[Effect, ...] = outstanding(self.definition, self.state, now)
                 crashpoint("recovery_loaded")
             else:
                 self.state, effects = boot.state, boot.effects
             self._emit(tg, effects)
             while not self.done:
-                envelope = await self._receive.receive()
+                envelope = await self._next()
+                if envelope is None:  # nothing to do for a while: leave memory
+                    self.passivated = True
+                    tg.cancel_scope.cancel()  # timers and backoffs: the store has them
+                    break
                 try:
                     await self._handle(tg, envelope)
                 except BaseException as exc:
@@ -138,6 +144,31 @@ class Actor:
                     raise
             if self._runners:  # stale runners have nothing left to report to
                 tg.cancel_scope.cancel()
+
+    async def _next(self) -> Envelope | None:
+        """The next message; ``None`` once the actor was idle for ``passivate_after``.
+
+        Idle: no attempt has begun, nothing is due, the mailbox is empty. What it still
+        waits for (timers, backoffs, signals) is in the store, with its wake-up time.
+        """
+        after = self.coordinator.passivate_after
+        clock = self.coordinator.clock
+        while True:
+            if after is None or not self._idle(clock.now()):
+                return await self._receive.receive()
+            with clock.move_on_at(clock.now() + after):
+                return await self._receive.receive()
+            if self._idle(clock.now()):  # (an attempt may have begun meanwhile)
+                return None
+
+    def _idle(self, now: float) -> bool:
+        state = self.state
+        if state is None or self._runners != len(self._attempts):
+            return False  # a runner is reporting
+        if any(pending.began for pending in self._attempts.values()):
+            return False
+        wake = wake_at(self.definition, state, now)
+        return wake is None or wake > now
 
     def close(self) -> None:
         """Close the mailbox; commands still queued are sent to ask elsewhere."""
@@ -173,7 +204,14 @@ class Actor:
             # hear whether it did; a caller is never told "done" for what was not written.
             with anyio.CancelScope(shield=True):
                 await coordinator._commit(
-                    transition(state.sequence, decision, at=now, epoch=self.epoch, replies=replies)
+                    transition(
+                        self.definition,
+                        state.sequence,
+                        decision,
+                        at=now,
+                        epoch=self.epoch,
+                        replies=replies,
+                    )
                 )
             crashpoint("after_commit")
             if message_id is not None:
@@ -204,12 +242,34 @@ class Actor:
                     self._attempts[(effect.phase, effect.step, effect.attempt)] = pending
                     self._runners += 1
                     tg.start_soon(self._attempt, effect, pending)
+                case ArmTimer():
+                    pending = _Pending()
+                    self._attempts[(Phase.ACTION, effect.step, effect.attempt)] = pending
+                    self._runners += 1
+                    tg.start_soon(self._timer, effect, pending)
                 case AbortAttempt(phase=phase, step=step, attempt=n):
                     held = self._attempts.get((phase, step, n))
                     if held is not None and not held.began:
                         held.scope.cancel()
                 case Finish():
                     self.coordinator._settled(self.saga_id, self.state)
+
+    async def _timer(self, effect: ArmTimer, pending: _Pending) -> None:
+        """Report ``FireTimer`` at the timer's time, unless the wait ends before."""
+        fired = False
+        try:
+            try:
+                with pending.scope:
+                    await self.coordinator.clock.sleep_until(effect.at)
+                    crashpoint("timer_fired")
+                    fired = True
+            finally:
+                self._attempts.pop((Phase.ACTION, effect.step, effect.attempt), None)
+            if fired:
+                message = msg.FireTimer(step=effect.step, attempt=effect.attempt)
+                await self.send.send(Envelope(message))
+        finally:
+            self._runners -= 1  # after the send: until then the actor is not idle
 
     async def _attempt(self, effect: RunAttempt, pending: _Pending) -> None:
         """Run one attempt and report its outcome to the mailbox."""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
+import math
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,10 +16,12 @@ import anyio.abc
 import attrs
 
 from saga._core import messages as msg
-from saga._core.codec import check_payload, dumps
+from saga._core.codec import check_payload, dumps, encode_command
 from saga._core.decide import Decision, decide, start
-from saga._core.definition import SagaDefinition, by_version
+from saga._core.definition import NAME, SagaDefinition, by_version
+from saga._core.events import SignalReceived
 from saga._core.state import SagaState, Status
+from saga._core.view import SagaView
 from saga._crashpoints import crashpoint
 from saga._runtime.actor import Actor, Envelope, Moved
 from saga._runtime.clock import Clock, SystemClock
@@ -25,8 +30,9 @@ from saga._runtime.history import RecordedEvent, decode_history, replay, transit
 from saga._runtime.hooks import StepHook
 from saga._runtime.ownership import OK, LeaseKeeper, LeasePolicy, default_node, encode_reply
 from saga._runtime.supervisor import ACTIVE, SupervisionPolicy, supervise
-from saga._store.port import InstanceRecord, NewInstance, Reply, Store, Transition
+from saga._store.port import InboxRecord, InstanceRecord, NewInstance, Reply, Store, Transition
 from saga.errors import (
+    CommandRejected,
     ConflictError,
     CoordinatorError,
     FencedError,
@@ -50,6 +56,12 @@ class _Waiter:
     event: anyio.Event = attrs.field(factory=anyio.Event)
     state: SagaState | None = None
     count: int = 0  # callers waiting on it; the last one out removes it
+
+
+def signal_key(saga_id: str, message_id: str) -> str:
+    """The inbox key of a signal: one per (instance, message id), whatever the lengths."""
+    raw = "\x00".join(("signal", saga_id, message_id)).encode()
+    return "signal:" + hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
 def _check_id(saga_id: object) -> str:
@@ -93,6 +105,12 @@ class Coordinator:
             (a pod name, say) and a restarted process takes its instances back at once
             instead of after their leases expire; never give two live processes the same.
         leases: how instance leases are held, renewed and claimed.
+        passivate_after: seconds (on ``clock``) an instance's actor may sit idle, with
+            nothing running and nothing due, waiting for a timer or a signal, before it
+            leaves memory: its lease is released and it is rebuilt from history when its
+            timer is due or a message comes. ``None`` keeps actors until they finish.
+            With ``recover=False`` actors are never passivated (nothing would claim them
+            back).
 
     Raises:
         DefinitionError: two different definitions share a name and version.
@@ -109,6 +127,7 @@ class Coordinator:
         recover: bool = True,
         node: str | None = None,
         leases: LeasePolicy | None = None,
+        passivate_after: float | None = 60.0,
     ) -> None:
         if isinstance(max_concurrent_steps, bool) or not (
             isinstance(max_concurrent_steps, int) and max_concurrent_steps >= 1
@@ -128,6 +147,15 @@ class Coordinator:
             raise ValueError(f"node must be a str of 1 to 200 characters, got {node!r}")
         self.node = node or default_node()
         self.leases = leases or LeasePolicy()
+        if passivate_after is not None and (
+            isinstance(passivate_after, bool)
+            or not isinstance(passivate_after, int | float)
+            or not (passivate_after >= 0 and math.isfinite(passivate_after))
+        ):
+            raise ValueError(
+                f"passivate_after must be a number of seconds >= 0 or None, got {passivate_after!r}"
+            )
+        self.passivate_after = passivate_after if recover else None
         self._recover_on_enter = recover
         self._definitions = by_version(sagas)
         self._newest: dict[str, SagaDefinition] = {}
@@ -235,12 +263,12 @@ class Coordinator:
         encoded = dumps(payload)
         self._require_running()
         now = self.clock.now()
-        decision = start(definition, saga_id, msg.StartSaga(input=payload))
+        decision = start(definition, saga_id, msg.StartSaga(input=payload), now=now)
         new = NewInstance(
             saga=definition.name,
             version=definition.version,
             input=encoded,
-            transition=transition(0, decision, at=now, epoch=1),
+            transition=transition(definition, 0, decision, at=now, epoch=1),
             owner=self.node,
             lease=self.leases.duration,
         )
@@ -314,6 +342,92 @@ class Coordinator:
             StoreError: the store failed; the command may be given again.
         """
         await self._command(saga_id, msg.ResumeSaga())
+
+    async def signal(
+        self, saga_id: str, name: str, payload: Any = None, *, message_id: str | None = None
+    ) -> None:
+        """Send signal ``name`` with ``payload`` to an instance; durable when it returns.
+
+        A step waiting for ``name`` (``WaitForSignal``) takes it as its result; a signal
+        that comes before the saga waits for it is kept for it. Give a ``message_id`` (the
+        callback's id, say) and sending it again is a no-op, before or after delivery;
+        without one every call is a new signal.
+
+        Raises:
+            InvalidSagaIdError: ``saga_id`` is not a usable id.
+            ValueError: ``name`` or ``message_id`` is not a usable name or id.
+            PayloadError: ``payload`` is not JSON data.
+            NotFoundError: there is no such instance.
+            CommandRejected: it has finished (a repeat of a signal it took is no error).
+            CoordinatorError: the coordinator is not running.
+            StoreError: the store failed; sending it again with the same ``message_id``
+                is safe.
+        """
+        _check_id(saga_id)
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise ValueError(f"signal name must match {NAME.pattern}, got {name!r}")
+        if message_id is None:
+            message_id = uuid.uuid4().hex
+        elif not (
+            isinstance(message_id, str) and 0 < len(message_id) <= 200 and message_id.isprintable()
+        ):
+            raise ValueError(
+                f"message_id must be a printable str of 1 to 200 characters, got {message_id!r}"
+            )
+        payload = check_payload(payload, "payload")
+        self._require_running()
+        row = await self.store.instance(saga_id)
+        if row is None:
+            raise NotFoundError(saga_id)
+        if Status(row.status).terminal:
+            if any(
+                isinstance(e.event, SignalReceived) and e.event.message_id == message_id
+                for e in await self.history(saga_id)
+            ):
+                return  # it took this one before it finished: a repeat
+            raise CommandRejected(
+                saga_id, command="signal", status=row.status, reason="it has finished"
+            )
+        command = msg.SignalSaga(name=name, payload=payload, message_id=message_id)
+        await self.store.send(
+            InboxRecord(
+                message_id=signal_key(saga_id, message_id),
+                saga_id=saga_id,
+                sender=self.node,
+                body=encode_command(command),
+                created_at=self.clock.now(),
+            )
+        )
+        # Durable now. Wake the instance if nobody drives it (it sleeps in the store):
+        # with a live owner elsewhere, the store woke that one.
+        definition = self._definitions.get((row.saga, row.version))
+        if (
+            saga_id not in self._actors
+            and row.status in ACTIVE
+            and row.owner in (None, self.node)
+            and definition is not None
+        ):
+            with anyio.CancelScope(shield=True):  # a lease we take must not be left behind
+                taken = await self.store.acquire(saga_id, self.node, lease=self.leases.duration)
+                if taken is not None and taken.owner == self.node and taken.status in ACTIVE:
+                    self._spawn(saga_id, definition, None, taken.epoch)
+        self._keeper.nudge()  # deliver it
+
+    async def query(self, saga_id: str) -> SagaView:
+        """What the instance is doing: status, steps in progress, results, pending waits.
+
+        Read from its live actor's last committed state when it runs here (the actor is
+        not disturbed: no message is sent), else replayed from the store.
+
+        Raises:
+            NotFoundError: there is no such instance.
+            CorruptHistoryError: its history cannot be replayed.
+        """
+        actor = self._actors.get(_check_id(saga_id))
+        if actor is not None and actor.state is not None:
+            return SagaView.of(actor.state, actor.definition)
+        state = await self.load_state(saga_id)
+        return SagaView.of(state, self._definitions.get((state.saga, state.version)))
 
     async def status(self, saga_id: str) -> Status:
         """The instance's status, from its row in the store.
@@ -485,7 +599,14 @@ class Coordinator:
                 return
             try:
                 await self._commit(
-                    transition(state.sequence, decision, at=now, epoch=row.epoch, replies=replies)
+                    transition(
+                        definition,
+                        state.sequence,
+                        decision,
+                        at=now,
+                        epoch=row.epoch,
+                        replies=replies,
+                    )
                 )
             except StoreError:
                 # Give the lease back if the store lets us; else it just expires.

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from saga._core.state import SagaState, Status
+from saga._core.view import SagaView
 from saga._runtime.history import RecordedEvent
 
 if TYPE_CHECKING:
@@ -81,6 +82,16 @@ class SagaHandle:
             CorruptHistoryError: its history cannot be replayed.
         """
         return await self._coordinator.load_state(self.saga_id)
+
+    async def signal(
+        self, name: str, payload: Any = None, *, message_id: str | None = None
+    ) -> None:
+        """Send signal ``name`` to the instance; see ``Coordinator.signal``."""
+        await self._coordinator.signal(self.saga_id, name, payload, message_id=message_id)
+
+    async def query(self) -> SagaView:
+        """What the instance is doing, without disturbing it; see ``Coordinator.query``."""
+        return await self._coordinator.query(self.saga_id)
 
     async def status(self) -> Status:
         """The instance's current status, from the store's instance row.

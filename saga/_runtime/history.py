@@ -9,7 +9,7 @@ import attrs
 
 from saga._core import events as ev
 from saga._core.codec import decode_event, encode_event
-from saga._core.decide import Decision
+from saga._core.decide import Decision, wake_at
 from saga._core.definition import SagaDefinition
 from saga._core.events import Phase
 from saga._core.fit import check_fits
@@ -68,6 +68,7 @@ def _work(
 
 
 def transition(
+    definition: SagaDefinition,
     before: int,
     decision: Decision,
     *,
@@ -85,6 +86,7 @@ def transition(
         at=at,
         epoch=epoch,
         replies=replies,
+        wake_at=wake_at(definition, state, at),
     )
 
 
@@ -97,9 +99,11 @@ def record(
     at: float,
     epoch: int,
     replies: tuple[Reply, ...] = (),
+    wake_at: float | None = None,
 ) -> Transition:
     """The store transition appending ``events`` after sequence ``before``, written by the
-    holder of lease ``epoch``; it ends the lease when the instance needs no driver."""
+    holder of lease ``epoch``; it ends the lease when the instance needs no driver, and
+    wakes it at ``wake_at`` (see ``Transition.wake_at``)."""
     records = tuple(
         EventRecord(
             saga_id=saga_id,
@@ -123,6 +127,7 @@ def record(
         epoch=epoch,
         ends_lease=status.value not in ACTIVE_STATUSES,
         replies=replies,
+        wake_at=wake_at,
     )
 
 

@@ -146,12 +146,19 @@ class LeaseKeeper:
         self.delivered: set[str] = set()
         self._work = _Pulse()  # something to claim or deliver
         self._replies = _Pulse()  # an answer may have come
+        #: When the next instance nobody holds is due (a sleep, a timeout, a backoff).
+        self._next_wake: float | None = None
+        self._alarm_scope = anyio.CancelScope()
         #: Our clock when the last successful renewal began (it renewed every actor then).
         self._renewed_at = -math.inf
         #: Counters an operator (or a test) can read.
         self.claimed = 0
         self.lost = 0
         self.renew_failures = 0
+
+    def nudge(self) -> None:
+        """Claim and deliver now (a message was sent for an instance of ours)."""
+        self._work.fire()
 
     def wake(self, kind: str) -> None:
         """The store's wake-up: called in the event loop, never blocks."""
@@ -166,6 +173,8 @@ class LeaseKeeper:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watchdog)
+                if self.coordinator._recover_on_enter:
+                    tg.start_soon(self._alarm)
                 await self._beat()
         finally:
             unsubscribe()
@@ -182,10 +191,39 @@ class LeaseKeeper:
                 if self.coordinator._recover_on_enter:
                     await self.claim()
                 await self.deliver()
+                if self.coordinator._recover_on_enter:
+                    await self._plan_alarm()  # after deliver: claimed actors get their mail first
             except StoreError as exc:
                 log.warning("node %s: store unavailable for leases: %s", self.node, exc)
                 await anyio.sleep(self.policy.poll_interval)
             self._replies.fire()  # requesters poll on this beat too
+
+    async def _alarm(self) -> None:
+        """Claim when the next sleeping instance is due, on the coordinator's clock.
+
+        The beat's claims find due instances too, within a ``poll_interval``; the alarm
+        makes a timer fire on time, and lets a virtual clock jump straight to it.
+        """
+        clock = self.coordinator.clock
+        while True:
+            at = self._next_wake
+            with anyio.CancelScope() as self._alarm_scope:
+                with anyio.move_on_after(self.policy.poll_interval):  # real time: re-plan
+                    if at is None:
+                        await anyio.sleep_forever()
+                    else:
+                        await clock.sleep_until(at)
+                        self._next_wake = None
+                        self._work.fire()
+
+    async def _plan_alarm(self) -> None:
+        coordinator = self.coordinator
+        at = await self.store.next_wake(
+            sagas=list(coordinator._definitions), after=coordinator.clock.now()
+        )
+        if at != self._next_wake:
+            self._next_wake = at
+            self._alarm_scope.cancel()
 
     def _margin(self) -> float:
         """How long before its lease ends (by our clock) an actor that could not renew
@@ -232,6 +270,7 @@ class LeaseKeeper:
                 sagas=list(coordinator._definitions),
                 own=own,
                 after=after,
+                due=coordinator.clock.now(),
             )
             if rows:
                 crashpoint("recovery_claimed")

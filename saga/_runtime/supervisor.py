@@ -59,7 +59,8 @@ async def supervise(coordinator: Coordinator, actor: Actor, boot: Decision | Non
             coordinator._settled(actor.saga_id)
         actor.close()
         if not (actor.done or actor.lost or coordinator._closing):
-            # Stopped early (it could not even be parked): let any node take it at once.
+            # Passivated (it sleeps in the store until its wake-up time or a message), or
+            # stopped early (it could not even be parked): let any node take it when due.
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 try:
                     await coordinator._keeper.release({actor.saga_id: actor.epoch})

@@ -60,6 +60,7 @@ class MemoryStore:
             owner=owner,
             epoch=0 if owner is None else 1,
             lease_until=None if owner is None else time.time() + instance.lease,
+            wake_at=t.wake_at,
         )
         self._events[t.saga_id] = []
         self._apply(t)
@@ -75,7 +76,11 @@ class MemoryStore:
         if current is None or actual != t.expected_sequence:
             raise ConflictError(t.saga_id, expected=t.expected_sequence, actual=actual)
         row = attrs.evolve(
-            current, status=t.status, sequence=current.sequence + len(t.events), updated_at=t.at
+            current,
+            status=t.status,
+            sequence=current.sequence + len(t.events),
+            updated_at=t.at,
+            wake_at=t.wake_at,
         )
         if t.ends_lease:
             row = attrs.evolve(row, owner=None, lease_until=None)
@@ -149,10 +154,12 @@ class MemoryStore:
         sagas: Collection[tuple[str, int]],
         own: bool = False,
         after: str | None = None,
+        due: float | None = None,
     ) -> Sequence[InstanceRecord]:
         await anyio.lowlevel.checkpoint()
         now = time.time()
         wanted = set(sagas)
+        messaged = {m.saga_id for m, reply in self._inbox.values() if reply is None}
         taken: list[InstanceRecord] = []
         for saga_id in sorted(self._instances):
             if len(taken) >= limit:
@@ -164,9 +171,31 @@ class MemoryStore:
                 row.status in ACTIVE_STATUSES
                 and (row.saga, row.version) in wanted
                 and self._free(row, owner if own else None, now)
+                and (
+                    due is None
+                    or (row.wake_at is not None and row.wake_at <= due)
+                    or saga_id in messaged
+                )
             ):
                 taken.append(self._lease(row, owner, lease, now))
         return taken
+
+    async def next_wake(self, *, sagas: Collection[tuple[str, int]], after: float) -> float | None:
+        await anyio.lowlevel.checkpoint()
+        wanted = set(sagas)
+        now = time.time()
+        return min(
+            (
+                row.wake_at
+                for row in self._instances.values()
+                if self._free(row, None, now)
+                and row.status in ACTIVE_STATUSES
+                and (row.saga, row.version) in wanted
+                and row.wake_at is not None
+                and row.wake_at > after
+            ),
+            default=None,
+        )
 
     async def renew(
         self, owner: str, leases: Mapping[str, int], *, lease: float

@@ -70,6 +70,9 @@ class InstanceRecord:
     epoch: int = 0
     #: When the lease ends, in the store's own clock (seconds since the Unix epoch).
     lease_until: float | None = None
+    #: When the instance next needs a driver if no message comes (the coordinator's clock);
+    #: ``None``: only a message (a signal, a command) wakes it. See ``Transition.wake_at``.
+    wake_at: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -118,6 +121,10 @@ class Transition:
     ends_lease: bool = False
     #: Inbox messages this transition answers, atomically with it.
     replies: tuple[Reply, ...] = ()
+    #: The instance's wake-up time afterwards, on the coordinator's clock: the time its work
+    #: is due (usually ``at``), or its earliest timer while it only waits; ``None`` while only
+    #: a message can move it. ``claim`` takes an instance nobody holds once it is due.
+    wake_at: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -201,15 +208,24 @@ class Store(Protocol):
         sagas: Collection[tuple[str, int]],
         own: bool = False,
         after: str | None = None,
+        due: float | None = None,
     ) -> Sequence[InstanceRecord]:
         """Lease to ``owner`` up to ``limit`` active instances of the ``(saga, version)``s
         given that nobody holds a live lease on (with ``own``, also those ``owner`` holds:
         a restarted coordinator taking back its own), taking the lowest ids first and only
-        ids after ``after`` (a cursor: the last id a previous call returned). One
-        statement; rows another claimer has locked are skipped, never waited for. Each
-        taken row's epoch increments. Returns the rows taken, ordered by id in the store's
-        own order (the one ``after`` is compared in).
+        ids after ``after`` (a cursor: the last id a previous call returned). Given ``due``
+        (the coordinator's clock), only instances that need a driver by then: ``wake_at``
+        at or before it, or an unanswered inbox message. One statement; rows another
+        claimer has locked are skipped, never waited for. Each taken row's epoch
+        increments. Returns the rows taken, ordered by id in the store's own order (the
+        one ``after`` is compared in).
         """
+        ...
+
+    async def next_wake(self, *, sagas: Collection[tuple[str, int]], after: float) -> float | None:
+        """The earliest ``wake_at`` later than ``after`` among the active instances of the
+        ``(saga, version)``s given that nobody holds a live lease on: when the next
+        sleeping one is due."""
         ...
 
     async def renew(

@@ -31,6 +31,7 @@ STORE_OPERATIONS = frozenset(
         "tasks",
         "acquire",
         "claim",
+        "next_wake",
         "renew",
         "release",
         "send",

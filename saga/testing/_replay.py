@@ -12,7 +12,8 @@ The export format (``format_version`` 1), one JSON object per file::
       "format_version": 1,
       "instance": {"saga_id": ..., "saga": ..., "version": ..., "status": ...,
                    "sequence": ..., "input": "<JSON text>", "created_at": ...,
-                   "updated_at": ..., "owner": ..., "epoch": ..., "lease_until": ...},
+                   "updated_at": ..., "owner": ..., "epoch": ..., "lease_until": ...,
+                   "wake_at": ...},
       "events": [{"sequence": 1, "type": "SagaStarted", "schema": 1,
                   "data": "<JSON text>", "recorded_at": ...}, ...]
     }
@@ -444,6 +445,10 @@ def _read_export(path: Path) -> _History:
         owner=fields.get(instance, "owner", str, optional=True),
         epoch=fields.get(instance, "epoch", int),
         lease_until=fields.number(instance, "lease_until", optional=True),
+        # Absent from exports made before instances slept in the store.
+        wake_at=fields.number(instance, "wake_at", optional=True)
+        if "wake_at" in instance
+        else None,
     )
     events = raw.get("events")
     if not isinstance(events, list):

@@ -92,13 +92,17 @@ class KitStore:
         sagas: Collection[tuple[str, int]],
         own: bool = False,
         after: str | None = None,
+        due: float | None = None,
     ) -> Sequence[InstanceRecord]:
         return await self._call(
             "claim",
             lambda: self.inner.claim(
-                owner, lease=lease, limit=limit, sagas=sagas, own=own, after=after
+                owner, lease=lease, limit=limit, sagas=sagas, own=own, after=after, due=due
             ),
         )
+
+    async def next_wake(self, *, sagas: Collection[tuple[str, int]], after: float) -> float | None:
+        return await self._call("next_wake", lambda: self.inner.next_wake(sagas=sagas, after=after))
 
     async def renew(
         self, owner: str, leases: Mapping[str, int], *, lease: float

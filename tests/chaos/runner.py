@@ -76,6 +76,7 @@ AIM: dict[str, float] = {
     "compensation_started": 0.3,
     "compensation_done": 0.3,
     "backoff_elapsed": 0.15,
+    "timer_fired": 0.3,
     "lease_renewed": 0.6,
     "recovery_claimed": 0.7,
     "recovery_loaded": 0.08,

@@ -129,6 +129,10 @@ EVENTS: dict[type[Any], st.SearchStrategy[Any]] = {
     ev.StepFailed: st.builds(
         ev.StepFailed, step=texts, attempt=attempts, error=errors, will_retry=st.booleans()
     ),
+    ev.SignalReceived: st.builds(
+        ev.SignalReceived, name=texts, payload=json_values, message_id=texts
+    ),
+    ev.SignalConsumed: st.builds(ev.SignalConsumed, step=texts, message_id=texts),
     ev.CancelRequested: st.builds(ev.CancelRequested, reason=texts),
     ev.CompensationTriggered: st.builds(
         ev.CompensationTriggered, reason=texts, cancelled=st.booleans()

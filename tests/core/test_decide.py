@@ -50,7 +50,7 @@ class Instance:
     def __init__(self, *steps: Step, saga_id: str = "order-1", input: Any = None) -> None:
         self.definition = SagaDefinition("checkout", steps)
         self.saga_id = saga_id
-        first = start(self.definition, saga_id, msg.StartSaga(input=input))
+        first = start(self.definition, saga_id, msg.StartSaga(input=input), now=0.0)
         self.first = first
         self.state = first.state
         self.history: list[ev.Event] = list(first.events)
@@ -537,12 +537,12 @@ def test_suspend_then_resume_reissues_the_attempt_in_flight() -> None:
     assert suspended.events == (ev.SagaSuspended(reason="too many crashes"),)
     assert suspended.effects == ()
     assert saga.state.status is Status.SUSPENDED
-    assert outstanding(saga.state) == ()
+    assert outstanding(saga.definition, saga.state) == ()
 
     resumed = saga.send(msg.ResumeSaga())
     assert resumed.events == (ev.SagaResumed(),)
     assert resumed.effects == (saga.run("charge", 2, run_after=12.0),)
-    assert resumed.effects == outstanding(saga.state)
+    assert resumed.effects == outstanding(saga.definition, saga.state)
     assert saga.state.status is Status.RUNNING
 
 
@@ -590,9 +590,9 @@ def test_suspend_of_a_finished_saga_is_rejected() -> None:
 
 def test_outstanding_reissues_nothing_for_a_finished_saga() -> None:
     saga = Instance(plain("only"))
-    assert outstanding(saga.state) == (saga.run("only"),)
+    assert outstanding(saga.definition, saga.state) == (saga.run("only"),)
     saga.ok("only")
-    assert outstanding(saga.state) == ()
+    assert outstanding(saga.definition, saga.state) == ()
 
 
 def test_an_outcome_while_suspended_runs_nothing_and_stays_suspended() -> None:
@@ -663,6 +663,6 @@ def test_recovery_drops_again_a_backoff_that_a_cancel_had_dropped() -> None:
     saga.send(msg.CancelSaga(reason="changed my mind"), now=100.5)
     abort = AbortAttempt(phase=ACTION, step="charge", attempt=2)
     retry = saga.run("charge", 2, run_after=102.0)
-    assert outstanding(saga.state, 101.0) == (retry, abort)
+    assert outstanding(saga.definition, saga.state, 101.0) == (retry, abort)
     # Past its run_after it may have begun before the crash: re-run it, do not abort it.
-    assert outstanding(saga.state, 103.0) == (retry,)
+    assert outstanding(saga.definition, saga.state, 103.0) == (retry,)

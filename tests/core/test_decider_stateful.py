@@ -8,7 +8,7 @@ cancel, suspend and resume; the process crashes and recovers from history alone.
 
 The *world* is what a runtime would hold for the instance: every ``RunAttempt`` emitted so
 far, the runners still alive (a crash loses them and recovery re-issues
-``outstanding(state, now)``, yet a lost runner may still report later), the attempts they
+``outstanding(definition, state, now)``, yet a lost runner may still report later), the attempts they
 were told to abort, the outcomes already delivered, and the clock. Once an instance has
 finished it still hears late messages, until the machine moves on to the next instance
 of a fresh definition: most instances finish in a few steps.
@@ -156,7 +156,7 @@ class DeciderMachine(RuleBasedStateMachine):
         self.finishes: list[Finish] = []
         self.finished: tuple[SagaState, int] | None = None  # the terminal state, and its length
         self.suspensions = 0
-        decision = start(definition, saga_id, msg.StartSaga(input=payload))
+        decision = start(definition, saga_id, msg.StartSaga(input=payload), now=self.now)
         note(f"instance {self.instances}: {saga_id!r} -> {_names(decision.events)}")
         first = decision.events[0]
         assert isinstance(first, ev.SagaStarted)
@@ -419,7 +419,7 @@ class DeciderMachine(RuleBasedStateMachine):
         self.state = recovered
         self.running.clear()
         self.aborted.clear()
-        effects = outstanding(recovered, self.now)
+        effects = outstanding(self.definition, recovered, self.now)
         note(f"t={self.now:g} crash -> re-issued {effects!r}")
         for effect in effects:
             assert not isinstance(effect, Finish)
@@ -635,7 +635,7 @@ class DeciderMachine(RuleBasedStateMachine):
     def what_if_the_process_crashed_now(self) -> None:
         """Recovery from history alone would re-issue exactly the attempts in flight."""
         state = fold(self.saga_id, self.history)
-        effects = outstanding(state, self.now)
+        effects = outstanding(self.definition, state, self.now)
         if state.status not in ACTIVE:
             assert effects == ()
             return

@@ -133,7 +133,7 @@ class _Driver:
         self.draw = draw
         self.definition = definition
         self.saga_id = saga_id
-        self.started = start(definition, saga_id, msg.StartSaga(input=draw(json_results)))
+        self.started = start(definition, saga_id, msg.StartSaga(input=draw(json_results)), now=0.0)
         self.state = self.started.state
         self.history: list[ev.Event] = list(self.started.events)
         self.turns: list[Turn] = []
@@ -373,7 +373,7 @@ def test_compensation_order_is_reverse_completion_order(run: Run) -> None:
 def test_decide_is_deterministic(run: Run) -> None:
     input_ = run.history[0]
     assert isinstance(input_, ev.SagaStarted)
-    again = start(run.definition, run.saga_id, msg.StartSaga(input=input_.input))
+    again = start(run.definition, run.saga_id, msg.StartSaga(input=input_.input), now=0.0)
     assert again == run.started
     for turn in run.turns:
         if turn.rejected is None:
@@ -464,7 +464,7 @@ def test_idempotency_key_is_per_step_and_phase(run: Run) -> None:
         e
         for t in run.turns
         if t.decision is not None and isinstance(t.message, msg.ResumeSaga)
-        for e in outstanding(t.decision.state)
+        for e in outstanding(run.definition, t.decision.state)
         if isinstance(e, RunAttempt)
     ]
     keys: dict[tuple[str, Phase], set[str]] = {}
@@ -488,7 +488,9 @@ def test_idempotency_keys_differ_across_steps_phases_and_sagas(
     ]
     assert len(set(keys)) == len(keys)
     assert all(len(key) == 32 and int(key, 16) >= 0 for key in keys)
-    first = [start(definition, saga_id, msg.StartSaga(input=None)).effects[0] for saga_id in ids]
+    first = [
+        start(definition, saga_id, msg.StartSaga(input=None), now=0.0).effects[0] for saga_id in ids
+    ]
     assert isinstance(first[0], RunAttempt)
     assert isinstance(first[1], RunAttempt)
     assert first[0].idempotency_key != first[1].idempotency_key
@@ -554,7 +556,7 @@ def test_resume_reissues_the_attempts_in_flight(run: Run) -> None:
             continue
         state = turn.decision.state
         assert turn.decision.events == (ev.SagaResumed(),)
-        assert turn.decision.effects == outstanding(state)
+        assert turn.decision.effects == outstanding(run.definition, state)
         reissued = {
             (e.phase, e.step, e.attempt) for e in turn.decision.effects if isinstance(e, RunAttempt)
         }

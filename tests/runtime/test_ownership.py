@@ -71,13 +71,13 @@ def saga_of(gate: Gate, undo: list[str] | None = None) -> SagaDefinition:
 
 async def _create(store: Any, saga: SagaDefinition, saga_id: str, *, owner: str) -> None:
     """An instance started by ``owner`` (a node that is not a coordinator of this test)."""
-    decision = decide_start(saga, saga_id, msg.StartSaga(input=None))
+    decision = decide_start(saga, saga_id, msg.StartSaga(input=None), now=0.0)
     await store.create(
         NewInstance(
             saga=saga.name,
             version=saga.version,
             input=dumps(None),
-            transition=transition(0, decision, at=0.0, epoch=1),
+            transition=transition(saga, 0, decision, at=0.0, epoch=1),
             owner=owner,
             lease=600.0,
         )

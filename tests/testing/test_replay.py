@@ -389,6 +389,7 @@ async def test_an_export_is_the_instance_row_and_its_event_records(
         "status",
         "updated_at",
         "version",
+        "wake_at",
     ]
     assert sorted(raw["events"][0]) == ["data", "recorded_at", "schema", "sequence", "type"]
     loaded = await histories.load("done-1")

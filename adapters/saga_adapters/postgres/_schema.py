@@ -76,6 +76,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX saga_inbox_saga ON {schema}.saga_inbox (saga_id, position);
     CREATE INDEX saga_inbox_pending ON {schema}.saga_inbox (position) WHERE reply IS NULL;
     """,
+    # 2: instances sleep in the store: claimed when due (or messaged), not before. Rows from
+    # before it are due at once (0) and get their real wake-up on their next commit.
+    """
+    ALTER TABLE {schema}.saga_instances ADD COLUMN wake_at double precision DEFAULT 0;
+    CREATE INDEX saga_instances_wake ON {schema}.saga_instances (status, wake_at);
+    CREATE INDEX saga_inbox_pending_saga ON {schema}.saga_inbox (saga_id) WHERE reply IS NULL;
+    """,
 )
 
 VERSION = len(MIGRATIONS)

@@ -14,7 +14,7 @@ __all__ = ["INSTANCE_COLUMNS", "NOW", "Statements"]
 
 INSTANCE_COLUMNS = (
     "saga_id, saga, version, status, sequence, input, created_at, updated_at, owner, epoch, "
-    "lease_until"
+    "lease_until, wake_at"
 )
 _INBOX_COLUMNS = "m.message_id, m.saga_id, m.sender, m.body, m.created_at"
 
@@ -58,20 +58,21 @@ class Statements:
             f"INSERT INTO {instances} ({INSTANCE_COLUMNS}) "
             "SELECT u.saga_id, u.saga, u.version, u.status, u.sequence, u.input, u.at, u.at, "
             f"  u.owner, CASE WHEN u.owner IS NULL THEN 0 ELSE 1 END, "
-            f"  CASE WHEN u.owner IS NULL THEN NULL ELSE {NOW} + u.lease END "
+            f"  CASE WHEN u.owner IS NULL THEN NULL ELSE {NOW} + u.lease END, u.wake_at "
             "FROM unnest($1::text[], $2::text[], $3::integer[], $4::text[], $5::bigint[], "
-            "  $6::jsonb[], $7::double precision[], $8::text[], $9::double precision[]) "
-            "  AS u(saga_id, saga, version, status, sequence, input, at, owner, lease) "
+            "  $6::jsonb[], $7::double precision[], $8::text[], $9::double precision[], "
+            "  $10::double precision[]) "
+            "  AS u(saga_id, saga, version, status, sequence, input, at, owner, lease, wake_at) "
             "ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id"
         )
         self.commit = (
             f"UPDATE {instances} i SET status = u.status, sequence = u.expected + u.added, "
-            "  updated_at = u.at, "
+            "  updated_at = u.at, wake_at = u.wake_at, "
             "  owner = CASE WHEN u.ends THEN NULL ELSE i.owner END, "
             "  lease_until = CASE WHEN u.ends THEN NULL ELSE i.lease_until END "
             "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], "
-            "  $6::double precision[], $7::boolean[]) "
-            "  AS u(saga_id, expected, epoch, added, status, at, ends) "
+            "  $6::double precision[], $7::boolean[], $8::double precision[]) "
+            "  AS u(saga_id, expected, epoch, added, status, at, ends, wake_at) "
             "WHERE i.saga_id = u.saga_id AND i.sequence = u.expected AND i.epoch = u.epoch "
             "RETURNING i.saga_id"
         )
@@ -122,9 +123,18 @@ class Statements:
             "   AND (saga, version) IN (SELECT * FROM unnest($3::text[], $4::integer[]))"
             f"  AND {free % 5}"
             "   AND ($7::text IS NULL OR saga_id > $7::text)"
+            "   AND ($8::double precision IS NULL OR wake_at <= $8 OR EXISTS ("
+            f"    SELECT 1 FROM {inbox} b WHERE b.saga_id = {instances}.saga_id"
+            "     AND b.reply IS NULL))"
             "   ORDER BY saga_id LIMIT $6 FOR UPDATE SKIP LOCKED"
             f" ) RETURNING {INSTANCE_COLUMNS}"
             f") SELECT {INSTANCE_COLUMNS} FROM claimed ORDER BY saga_id"
+        )
+        self.next_wake = (
+            f"SELECT min(wake_at) FROM {instances}"
+            f" WHERE status IN ({_ACTIVE}) AND wake_at > $1"
+            "  AND (saga, version) IN (SELECT * FROM unnest($2::text[], $3::integer[]))"
+            f"  AND (owner IS NULL OR lease_until <= {NOW})"
         )
         self.renew = (
             f"UPDATE {instances} i SET lease_until = {NOW} + $2 "

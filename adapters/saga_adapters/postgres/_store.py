@@ -81,6 +81,7 @@ def _instance(row: Record) -> InstanceRecord:
         owner=row[8],
         epoch=row[9],
         lease_until=row[10],
+        wake_at=row[11],
     )
 
 
@@ -389,6 +390,7 @@ class PostgresStore:
                     [n.transition.at for n in news],
                     owners,
                     [float(n.lease) for n in news],
+                    [n.transition.wake_at for n in news],
                 )
             }
             existing = [w for w in creates if w.saga_id not in inserted]
@@ -415,6 +417,7 @@ class PostgresStore:
                     [t.status for t in ts],
                     [t.at for t in ts],
                     [t.ends_lease for t in ts],
+                    [t.wake_at for t in ts],
                 )
             }
             refused = [w for w in commits if w.saga_id not in moved]
@@ -491,7 +494,7 @@ class PostgresStore:
             return None
         events = [
             EventRecord(saga_id=saga_id, sequence=s, type=t, schema=v, data=d, recorded_at=at)
-            for s, t, v, d, at in row[11]
+            for s, t, v, d, at in row[12]
         ]
         return _instance(row), events
 
@@ -535,6 +538,7 @@ class PostgresStore:
         sagas: Collection[tuple[str, int]],
         own: bool = False,
         after: str | None = None,
+        due: float | None = None,
     ) -> Sequence[InstanceRecord]:
         kinds = sorted(set(sagas))
         if not kinds or limit <= 0:
@@ -548,8 +552,22 @@ class PostgresStore:
             owner if own else None,
             limit,
             after,
+            None if due is None else float(due),
         )
         return [_instance(row) for row in rows]  # in the database's order (see the SQL)
+
+    async def next_wake(self, *, sagas: Collection[tuple[str, int]], after: float) -> float | None:
+        kinds = sorted(set(sagas))
+        if not kinds:
+            return None
+        rows = await self._fetch(
+            self._sql.next_wake,
+            float(after),
+            [name for name, _ in kinds],
+            [version for _, version in kinds],
+        )
+        value = rows[0][0] if rows else None
+        return None if value is None else float(value)
 
     async def renew(
         self, owner: str, leases: Mapping[str, int], *, lease: float

@@ -58,6 +58,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX saga_inbox_saga ON saga_inbox (saga_id, position);
     """,
+    # 3: instances sleep in the store: claimed when due (or messaged), not before.
+    # Rows from before it are due at once (0) and get their real wake-up on the next commit.
+    """
+    ALTER TABLE saga_instances ADD COLUMN wake_at REAL DEFAULT 0;
+    CREATE INDEX saga_instances_wake ON saga_instances (status, wake_at);
+    CREATE INDEX saga_inbox_pending ON saga_inbox (saga_id) WHERE reply IS NULL;
+    """,
 )
 
 VERSION = len(MIGRATIONS)

@@ -43,7 +43,7 @@ Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
 _INSTANCE_COLUMNS = (
     "saga_id, saga, version, status, sequence, input, created_at, updated_at, owner, epoch, "
-    "lease_until"
+    "lease_until, wake_at"
 )
 _INBOX_COLUMNS = "message_id, saga_id, sender, body, created_at"
 
@@ -51,6 +51,11 @@ _INBOX_COLUMNS = "message_id, saga_id, sender, body, created_at"
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 #: A lease nobody holds: no owner, or expired (or, for ``?`` bound to a name, held by it).
 _FREE = f"(owner IS NULL OR lease_until <= {_NOW} OR owner = ?)"
+#: Needs a driver by ``?`` (twice; NULL: whenever): due by its wake-up time, or messaged.
+_DUE = (
+    "(? IS NULL OR wake_at <= ? OR EXISTS (SELECT 1 FROM saga_inbox b"
+    " WHERE b.saga_id = saga_instances.saga_id AND b.reply IS NULL))"
+)
 
 
 # Primary result codes that say "not now" rather than "never": busy or locked by another
@@ -83,6 +88,7 @@ def _instance(row: Sequence[Any]) -> InstanceRecord:
         owner=row[8],
         epoch=row[9],
         lease_until=row[10],
+        wake_at=row[11],
     )
 
 
@@ -285,8 +291,8 @@ class SQLiteStore:
             owner = None if t.ends_lease else op.owner
             cur = db.execute(
                 "INSERT INTO saga_instances (saga_id, saga, version, status, sequence, input, "
-                "created_at, updated_at, owner, epoch, lease_until) "
-                f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN ? THEN {_NOW} + ? END) "
+                "created_at, updated_at, owner, epoch, lease_until, wake_at) "
+                f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN ? THEN {_NOW} + ? END, ?) "
                 "ON CONFLICT (saga_id) DO NOTHING",
                 (
                     t.saga_id,
@@ -301,6 +307,7 @@ class SQLiteStore:
                     0 if owner is None else 1,
                     owner is not None,
                     op.lease,
+                    t.wake_at,
                 ),
             )
             if cur.rowcount == 1:
@@ -312,7 +319,7 @@ class SQLiteStore:
             return None
         t = op
         cur = db.execute(
-            "UPDATE saga_instances SET status = ?, sequence = ?, updated_at = ?, "
+            "UPDATE saga_instances SET status = ?, sequence = ?, updated_at = ?, wake_at = ?, "
             "owner = CASE WHEN ? THEN NULL ELSE owner END, "
             "lease_until = CASE WHEN ? THEN NULL ELSE lease_until END "
             "WHERE saga_id = ? AND sequence = ? AND epoch = ?",
@@ -320,6 +327,7 @@ class SQLiteStore:
                 t.status,
                 t.expected_sequence + len(t.events),
                 t.at,
+                t.wake_at,
                 t.ends_lease,
                 t.ends_lease,
                 t.saga_id,
@@ -483,6 +491,7 @@ class SQLiteStore:
         sagas: Collection[tuple[str, int]],
         own: bool = False,
         after: str | None = None,
+        due: float | None = None,
     ) -> Sequence[InstanceRecord]:
         kinds = json.dumps(sorted([name, version] for name, version in sagas))
         statuses = json.dumps(ACTIVE_STATUSES)
@@ -498,14 +507,44 @@ class SQLiteStore:
                 "  AND EXISTS (SELECT 1 FROM json_each(?) k"
                 "    WHERE json_extract(k.value, '$[0]') = saga"
                 "    AND json_extract(k.value, '$[1]') = version)"
-                f"  AND {_FREE} AND (? IS NULL OR saga_id > ?) ORDER BY saga_id LIMIT ?"
+                f"  AND {_FREE} AND (? IS NULL OR saga_id > ?)"
+                f"  AND {_DUE} ORDER BY saga_id LIMIT ?"
                 f") RETURNING {_INSTANCE_COLUMNS}",
-                (owner, lease, statuses, kinds, owner if own else None, after, after, limit),
+                (
+                    owner,
+                    lease,
+                    statuses,
+                    kinds,
+                    owner if own else None,
+                    after,
+                    after,
+                    due,
+                    due,
+                    limit,
+                ),
             ).fetchall()
             # BINARY collation: SQLite's order of ids is Python's (code points).
             return sorted((_instance(row) for row in rows), key=lambda r: r.saga_id)
 
         return await self._exclusive(write)
+
+    async def next_wake(self, *, sagas: Collection[tuple[str, int]], after: float) -> float | None:
+        kinds = json.dumps(sorted([name, version] for name, version in sagas))
+        statuses = json.dumps(ACTIVE_STATUSES)
+
+        def read(db: sqlite3.Connection) -> float | None:
+            row = db.execute(
+                "SELECT min(wake_at) FROM saga_instances"
+                " WHERE status IN (SELECT value FROM json_each(?)) AND wake_at > ?"
+                " AND EXISTS (SELECT 1 FROM json_each(?) k"
+                "   WHERE json_extract(k.value, '$[0]') = saga"
+                "   AND json_extract(k.value, '$[1]') = version)"
+                f" AND {_FREE}",
+                (statuses, after, kinds, None),
+            ).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self._read(read)
 
     async def renew(
         self, owner: str, leases: Mapping[str, int], *, lease: float
