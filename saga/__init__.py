@@ -23,6 +23,7 @@ from saga._runtime.clock import Clock, SystemClock
 from saga._runtime.coordinator import Coordinator, LeasePolicy, SupervisionPolicy
 from saga._runtime.handle import SagaHandle, SagaOutcome
 from saga._runtime.history import RecordedEvent
+from saga._runtime.limits import HistoryLimits
 from saga._store.memory import MemoryStore
 from saga._store.port import Store
 
@@ -31,6 +32,7 @@ __all__ = [
     "Clock",
     "Coordinator",
     "ErrorInfo",
+    "HistoryLimits",
     "LeasePolicy",
     "MemoryStore",
     "OnTimeout",

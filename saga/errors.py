@@ -68,6 +68,20 @@ class PayloadError(SagaError, TypeError):
         self.path = path
 
 
+class PayloadTooLargeError(PayloadError):
+    """A payload's JSON is larger than the coordinator's ``HistoryLimits.max_payload_bytes``.
+
+    Raised by ``start`` (the input) and ``signal`` (the payload) before anything is
+    written. A step whose result is that large fails with it, for good (recorded as a
+    non-retryable ``StepFailed``): keep large data elsewhere and record a reference.
+    """
+
+    def __init__(self, *, path: str, size: int, limit: int) -> None:
+        super().__init__(f"{size} bytes of JSON, more than the limit of {limit}", path=path)
+        self.size = size
+        self.limit = limit
+
+
 # -- stores ---------------------------------------------------------------------
 
 
@@ -184,6 +198,23 @@ class NonDeterminismError(ExecutionError):
         self.sequence = sequence
         self.detail = detail
         self.diff = diff
+
+
+class HistoryTooLongError(ExecutionError):
+    """An instance's history would grow past ``HistoryLimits.max_events``.
+
+    The transition is not written; the instance is parked ``suspended`` with this as its
+    reason, for an operator: nothing is lost, and nothing grows further.
+    """
+
+    def __init__(self, saga_id: str, *, events: int, limit: int) -> None:
+        super().__init__(
+            f"saga {saga_id!r}: its history would hold {events} events, more than the "
+            f"limit of {limit}"
+        )
+        self.saga_id = saga_id
+        self.events = events
+        self.limit = limit
 
 
 class CommandRejected(ExecutionError):

@@ -11,7 +11,7 @@ import anyio.abc
 import attrs
 
 from saga._core import messages as msg
-from saga._core.codec import check_payload
+from saga._core.codec import check_payload, dumps
 from saga._core.context import StepContext
 from saga._core.decide import Decision, decide, outstanding, wake_at
 from saga._core.definition import SagaDefinition
@@ -199,6 +199,8 @@ class Actor:
             envelope.reply(exc)
             return
         if decision.events:
+            # Past the limit nothing is written: the supervisor parks the instance.
+            coordinator.limits.check_events(self.saga_id, state.sequence, decision.state.sequence)
             replies = () if message_id is None else (Reply(message_id=message_id, body=OK),)
             # Shielded: once handed to the store the commit may land, so the actor waits to
             # hear whether it did; a caller is never told "done" for what was not written.
@@ -340,7 +342,9 @@ class Actor:
                     result = await _timed(fn, ctx, step.timeout, clock)
             else:
                 result = await _timed(fn, ctx, step.timeout, clock)
-            result = check_payload(result, f"result of {effect.phase.value} {step.name!r}")
+            path = f"result of {effect.phase.value} {step.name!r}"
+            result = check_payload(result, path)
+            self.coordinator.limits.check_payload(dumps(result), path, saga_id=self.saga_id)
         except (anyio.get_cancelled_exc_class(), SimulatedCrash):
             raise
         except Exception as exc:  # noqa: BLE001 - the step's own failure, recorded as data

@@ -28,6 +28,7 @@ from saga._runtime.clock import Clock, SystemClock
 from saga._runtime.handle import SagaHandle, SagaOutcome
 from saga._runtime.history import RecordedEvent, decode_history, replay, transition
 from saga._runtime.hooks import StepHook
+from saga._runtime.limits import HistoryLimits
 from saga._runtime.ownership import OK, LeaseKeeper, LeasePolicy, default_node, encode_reply
 from saga._runtime.supervisor import ACTIVE, SupervisionPolicy, supervise
 from saga._store.port import InboxRecord, InstanceRecord, NewInstance, Reply, Store, Transition
@@ -44,7 +45,7 @@ from saga.errors import (
     UnknownSagaError,
 )
 
-__all__ = ["Coordinator", "LeasePolicy", "SupervisionPolicy"]
+__all__ = ["Coordinator", "HistoryLimits", "LeasePolicy", "SupervisionPolicy"]
 
 log = logging.getLogger("saga")
 
@@ -111,6 +112,7 @@ class Coordinator:
             timer is due or a message comes. ``None`` keeps actors until they finish.
             With ``recover=False`` actors are never passivated (nothing would claim them
             back).
+        limits: how long a history and how large a payload may grow.
 
     Raises:
         DefinitionError: two different definitions share a name and version.
@@ -128,6 +130,7 @@ class Coordinator:
         node: str | None = None,
         leases: LeasePolicy | None = None,
         passivate_after: float | None = 60.0,
+        limits: HistoryLimits | None = None,
     ) -> None:
         if isinstance(max_concurrent_steps, bool) or not (
             isinstance(max_concurrent_steps, int) and max_concurrent_steps >= 1
@@ -156,6 +159,9 @@ class Coordinator:
                 f"passivate_after must be a number of seconds >= 0 or None, got {passivate_after!r}"
             )
         self.passivate_after = passivate_after if recover else None
+        if limits is not None and not isinstance(limits, HistoryLimits):
+            raise TypeError(f"limits must be a HistoryLimits, got {limits!r}")
+        self.limits = limits or HistoryLimits()
         self._recover_on_enter = recover
         self._definitions = by_version(sagas)
         self._newest: dict[str, SagaDefinition] = {}
@@ -261,6 +267,7 @@ class Coordinator:
         _check_id(saga_id)
         payload = check_payload(input, "input")
         encoded = dumps(payload)
+        self.limits.check_payload(encoded, "input", saga_id=saga_id)
         self._require_running()
         now = self.clock.now()
         decision = start(definition, saga_id, msg.StartSaga(input=payload), now=now)
@@ -375,6 +382,7 @@ class Coordinator:
                 f"message_id must be a printable str of 1 to 200 characters, got {message_id!r}"
             )
         payload = check_payload(payload, "payload")
+        self.limits.check_payload(dumps(payload), "payload", saga_id=saga_id)
         self._require_running()
         row = await self.store.instance(saga_id)
         if row is None:

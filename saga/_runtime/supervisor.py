@@ -13,7 +13,13 @@ from saga._core.events import SagaSuspended
 from saga._core.state import Status
 from saga._runtime.history import record
 from saga._store.port import ACTIVE_STATUSES
-from saga.errors import FencedError, NonDeterminismError, StoreError, StoreUnavailableError
+from saga.errors import (
+    FencedError,
+    HistoryTooLongError,
+    NonDeterminismError,
+    StoreError,
+    StoreUnavailableError,
+)
 
 if TYPE_CHECKING:
     from saga._runtime.actor import Actor
@@ -99,8 +105,9 @@ async def _restarting(coordinator: Coordinator, actor: Actor, boot: Decision | N
             unavailable = 0
             now = coordinator.clock.now()
             crashes = [t for t in crashes if now - t < policy.within] + [now]
-            # A history that does not fit its definition fits no better after a restart.
-            misfit = isinstance(error, NonDeterminismError)
+            # A history that does not fit its definition fits no better after a restart,
+            # nor does one at its length limit get shorter.
+            misfit = isinstance(error, NonDeterminismError | HistoryTooLongError)
             if misfit or len(crashes) > policy.max_restarts:
                 reason = (
                     f"{type(error).__name__}: {error}"
