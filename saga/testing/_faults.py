@@ -248,6 +248,11 @@ class Faults:
         where = f"saga {rule.saga!r}" if rule.saga else "any registered saga"
         if not candidates:
             raise FaultError(f"{rule.kind}: {where} has no step {rule.step!r}")
+        if all(s.wait is not None for s in candidates):
+            raise FaultError(
+                f"{rule.kind}: step {rule.step!r} waits (for time or a signal): it runs no "
+                "code to fail; let a signal wait time out, or cancel the saga"
+            )
         if rule.phase is Phase.COMPENSATION and all(s.compensation is None for s in candidates):
             raise FaultError(f"{rule.kind}: step {rule.step!r} has no compensation")
         if rule.kind == "time_out" and all(s.timeout is None for s in candidates):

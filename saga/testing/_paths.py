@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from saga._core.definition import SagaDefinition, StepKind
+from saga._core.definition import OnTimeout, SagaDefinition, StepKind, WaitForSignal
 from saga._core.events import CompensationCompleted, StepCompleted
 from saga._core.state import Status
 from saga._runtime.coordinator import Coordinator
@@ -36,10 +36,12 @@ class CompensationPath:
 
     Attributes:
         saga: the definition.
-        step: the step that fails (its action, permanently, on its first attempt).
+        step: the step that fails (its action, permanently, on its first attempt; or, for
+            a signal wait that compensates on timeout, its timeout).
         status: the terminal status the saga must end in.
         completed: the steps that complete before it, in order.
         compensations: the compensations that must run, in this exact order.
+        times_out: the step is a signal wait, and it fails by timing out.
     """
 
     saga: SagaDefinition = attrs.field(repr=False)
@@ -47,13 +49,15 @@ class CompensationPath:
     status: Status
     completed: tuple[str, ...]
     compensations: tuple[str, ...]
+    times_out: bool = False
 
     def __str__(self) -> str:
-        return f"{self.step}-fails"
+        return f"{self.step}-times-out" if self.times_out else f"{self.step}-fails"
 
     def describe(self) -> str:
         undo = ", ".join(self.compensations) or "nothing"
-        return f"{self.step} fails -> {self.status.value}, undoing {undo}"
+        how = "times out" if self.times_out else "fails"
+        return f"{self.step} {how} -> {self.status.value}, undoing {undo}"
 
     async def check(
         self,
@@ -62,24 +66,34 @@ class CompensationPath:
         *,
         saga_id: str | None = None,
         coordinator: Coordinator | None = None,
+        signals: Mapping[str, Any] | None = None,
     ) -> SagaOutcome:
         """Run the saga with ``input``, its step failing for good, and check the path.
 
-        Uses ``coordinator`` (one of the kit's) or a fresh one of the kit's. Returns the
+        Every signal wait before the step is sent its signal as soon as the saga starts,
+        with the payload ``signals`` gives its name (default ``None``). Uses
+        ``coordinator`` (one of the kit's) or a fresh one of the kit's. Returns the
         outcome.
 
         Raises:
             AssertionError: the saga ended otherwise, saying expected versus actual.
         """
-        saga_id = saga_id or f"{self.saga.name}-{self.step}-fails"
-        kit.faults.fail_permanently(self.step, saga=self.saga.name, saga_id=saga_id)
+        saga_id = saga_id or f"{self.saga.name}-{self}"
+        if not self.times_out:
+            kit.faults.fail_permanently(self.step, saga=self.saga.name, saga_id=saga_id)
         if coordinator is None:
             async with kit.coordinator([self.saga]) as fresh:
-                return await self._check(fresh, saga_id, input)
-        return await self._check(coordinator, saga_id, input)
+                return await self._check(fresh, saga_id, input, signals or {})
+        return await self._check(coordinator, saga_id, input, signals or {})
 
-    async def _check(self, coordinator: Coordinator, saga_id: str, input: Any) -> SagaOutcome:
+    async def _check(
+        self, coordinator: Coordinator, saga_id: str, input: Any, signals: Mapping[str, Any]
+    ) -> SagaOutcome:
         handle = await coordinator.start(self.saga, saga_id, input)
+        for step in self.saga.steps[: self.saga.index(self.step)]:
+            if isinstance(step.wait, WaitForSignal):  # kept until the saga waits for it
+                name = step.wait.signal
+                await handle.signal(name, signals.get(name), message_id=f"path:{step.name}")
         outcome = await handle.outcome()
         history = await handle.history()
         actual = (outcome.status, tuple(completed_steps(history)), tuple(compensations(history)))
@@ -103,7 +117,9 @@ def compensation_paths(saga: SagaDefinition) -> list[CompensationPath]:
 
     Before the pivot (and at it), the saga must compensate every completed step that has a
     compensation, newest first, and end ``compensated``. Past the pivot there is no way
-    back: the saga must end ``failed`` and undo nothing.
+    back: the saga must end ``failed`` and undo nothing. A waiting step runs no code that
+    could fail: a signal wait that compensates on timeout gets a path in which it times
+    out; other waits get none.
 
     Use it as a pytest parametrization::
 
@@ -115,6 +131,13 @@ def compensation_paths(saga: SagaDefinition) -> list[CompensationPath]:
         raise TypeError(f"compensation_paths takes a SagaDefinition, got {saga!r}")
     paths = []
     for index, step in enumerate(saga.steps):
+        times_out = (
+            isinstance(step.wait, WaitForSignal)
+            and step.wait.timeout is not None
+            and step.wait.on_timeout is OnTimeout.COMPENSATE
+        )
+        if step.wait is not None and not times_out:
+            continue
         before = saga.steps[:index]
         undone: tuple[str, ...] = ()
         if step.kind is StepKind.RETRIABLE:
@@ -129,6 +152,7 @@ def compensation_paths(saga: SagaDefinition) -> list[CompensationPath]:
                 status=status,
                 completed=tuple(s.name for s in before),
                 compensations=undone,
+                times_out=times_out,
             )
         )
     return paths

@@ -18,7 +18,7 @@ from saga import (
     WaitForSignal,
 )
 from saga import events as ev
-from saga.errors import HistoryTooLongError, PayloadError, PayloadTooLargeError
+from saga.errors import PayloadError, PayloadTooLargeError
 
 pytestmark = pytest.mark.anyio
 
