@@ -24,6 +24,7 @@ from saga_adapters.postgres import PostgresStore, _schema
 from saga_adapters.postgres._schema import VERSION
 from tests.adapters.test_contract import _commit, _new, _task, history
 from tests.conftest import postgres_dsn, postgres_schema, postgres_store
+from tests.runtime.test_ownership import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -357,6 +358,46 @@ async def test_a_real_serialization_failure_is_unavailable(schema: tuple[str, st
         assert isinstance(info.value.__cause__, asyncpg.SerializationError)
         row = await store.instance("s1")
         assert row is not None and row.status == "x"
+
+
+@pytest.mark.postgres
+async def test_a_batch_that_loses_a_deadlock_is_written_again(schema: tuple[str, str]) -> None:
+    # A commit that answers an inbox message locks its instance row, then the message row;
+    # another transaction holds the message row and then wants the instance row. Postgres
+    # breaks the deadlock by rolling one back: the store's (its check runs first). The
+    # store writes the batch again and its caller never hears of it.
+    dsn, name = schema
+    instances, inbox = f'"{name}".saga_instances', f'"{name}".saga_inbox'
+    async with postgres_store(dsn, name) as store:
+        await store.create(_new("s1"))
+        await store.send(
+            InboxRecord(message_id="m1", saga_id="s1", sender="n", body="{}", created_at=1.0)
+        )
+        other = await asyncpg.connect(dsn)
+        try:
+            other_txn = other.transaction()
+            await other_txn.start()
+            await other.execute("SET LOCAL deadlock_timeout = '30s'")  # the store checks first
+            await other.execute(f"UPDATE {inbox} SET created_at = 2 WHERE message_id = 'm1'")
+            async with anyio.create_task_group() as tg:
+                reply = Reply(message_id="m1", body='{"ok": true}')
+                tg.start_soon(store.commit, _commit("s1", 2, replies=(reply,)))
+                # Until the store's transaction waits for the message row...
+                await eventually(
+                    lambda: _sql(
+                        dsn,
+                        "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE '%saga_inbox%' AND pid <> $1",
+                        other.get_server_pid(),
+                    )
+                )
+                # ...then want its instance row: a deadlock, which the store loses.
+                await other.execute(f"UPDATE {instances} SET updated_at = 3 WHERE saga_id = 's1'")
+                await other_txn.commit()
+        finally:
+            await other.close()
+        assert [r.sequence for r in await history(store, "s1")] == [1, 2, 3]
+        assert await store.take_reply("m1") == '{"ok": true}'
 
 
 @pytest.mark.postgres

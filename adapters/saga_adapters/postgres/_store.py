@@ -68,6 +68,15 @@ Record = Any  # asyncpg.Record
 _POOL_ONLY = {"max_queries", "max_inactive_connection_lifetime", "setup", "init", "reset"}
 
 
+#: How often a batch that lost a deadlock or serialization race is written again.
+RACE_RETRIES = 3
+_RACES = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
+
+
+def _lost_a_race(error: BaseException | None) -> bool:
+    return error is not None and getattr(error.__cause__, "sqlstate", None) in _RACES
+
+
 def _instance(row: Record) -> InstanceRecord:
     return InstanceRecord(
         saga_id=row[0],
@@ -329,6 +338,23 @@ class PostgresStore:
         await self._queue.submit(transition)
 
     async def _write_batch(self, batch: list[Write]) -> None:
+        """Write a batch; the writes Postgres rolled back to break a deadlock or a
+        serialization conflict are tried again at once (nothing of them was written), up to
+        ``RACE_RETRIES`` times, before their writers hear ``StoreUnavailableError``.
+
+        Two transactions of one store can deadlock: a batch's commit and a lease renewal
+        lock instance rows in no common order.
+        """
+        pending = batch
+        for retry in range(RACE_RETRIES + 1):
+            if retry:
+                log.info("postgres: %d write(s) lost a lock race; writing again", len(pending))
+            await self._write_batch_once(pending)
+            pending = [w for w in pending if _lost_a_race(w.error)]
+            if not pending:
+                return
+
+    async def _write_batch_once(self, batch: list[Write]) -> None:
         """One transaction for the whole batch; sets each write's result or error.
 
         If the transaction fails for a reason that is not transient, each write is tried
@@ -343,7 +369,7 @@ class PostgresStore:
         except StoreError as exc:
             if len(batch) > 1 and not isinstance(exc, StoreUnavailableError):
                 for write in batch:
-                    await self._write_batch([write])
+                    await self._write_batch_once([write])
                 return
             cause = exc.__cause__
             for write in batch:
