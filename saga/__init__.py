@@ -8,7 +8,10 @@ status (completed, compensated, failed or cancelled) through crashes and restart
 from saga._core.context import StepContext
 from saga._core.decide import idempotency_key
 from saga._core.definition import (
+    ChildSaga,
     OnTimeout,
+    Parallel,
+    ParentClose,
     RetryPolicy,
     SagaDefinition,
     Sleep,
@@ -29,6 +32,7 @@ from saga._store.port import Store
 
 __all__ = [
     "Attempt",
+    "ChildSaga",
     "Clock",
     "Coordinator",
     "ErrorInfo",
@@ -36,6 +40,8 @@ __all__ = [
     "LeasePolicy",
     "MemoryStore",
     "OnTimeout",
+    "Parallel",
+    "ParentClose",
     "PendingWait",
     "Phase",
     "RecordedEvent",

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 #: Current schema version of every event type. Bump one and register an upcaster for it.
-SCHEMA: dict[str, int] = {name: 1 for name in ev.EVENT_TYPES}
+SCHEMA: dict[str, int] = {name: 1 for name in ev.EVENT_TYPES} | {"SagaStarted": 2}
 
 
 converter = cattrs.Converter(forbid_extra_keys=True)
@@ -95,6 +95,12 @@ def check_payload(value: Any, path: str) -> Any:
     )
 
 
+@upcaster("SagaStarted", 1)
+def _started_has_a_parent(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 2 names the parent of a child saga; older instances have none."""
+    return {**data, "parent": None}
+
+
 def encode_event(event: ev.Event) -> tuple[str, int, str]:
     """``(type, schema, json)`` for storage."""
     name = type(event).__name__
@@ -132,8 +138,12 @@ def decode_event(type_name: str, schema: int, data: str) -> ev.Event:
 
 
 #: Commands that may travel between coordinators (through a store's inbox).
-_COMMANDS: dict[str, type[msg.SignalSaga | msg.CancelSaga | msg.SuspendSaga | msg.ResumeSaga]] = {
-    cls.__name__: cls for cls in (msg.SignalSaga, msg.CancelSaga, msg.SuspendSaga, msg.ResumeSaga)
+_COMMANDS: dict[
+    str,
+    type[msg.SignalSaga | msg.ChildFinished | msg.CancelSaga | msg.SuspendSaga | msg.ResumeSaga],
+] = {
+    cls.__name__: cls
+    for cls in (msg.SignalSaga, msg.ChildFinished, msg.CancelSaga, msg.SuspendSaga, msg.ResumeSaga)
 }
 
 

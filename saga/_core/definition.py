@@ -18,7 +18,10 @@ if TYPE_CHECKING:
     from saga._core.context import StepContext
 
 __all__ = [
+    "ChildSaga",
     "OnTimeout",
+    "ParentClose",
+    "Parallel",
     "RetryPolicy",
     "SagaDefinition",
     "Sleep",
@@ -65,7 +68,15 @@ def _exception_types(
     return tuple(types)
 
 
-def _steps(steps: Iterable[Step]) -> tuple[Step, ...]:
+def _steps(steps: Iterable[Step | Parallel]) -> tuple[Step, ...]:
+    """The flat list of steps: a ``Parallel`` gives its members, marked with its name."""
+    flat: list[Step] = []
+    for item in steps:
+        flat.extend(item.members() if isinstance(item, Parallel) else (item,))
+    return tuple(flat)
+
+
+def _members(steps: Iterable[Step]) -> tuple[Step, ...]:
     return tuple(steps)
 
 
@@ -190,8 +201,52 @@ class WaitForSignal:
             raise DefinitionError(str(exc)) from exc
 
 
+class ParentClose(enum.Enum):
+    """What happens to a child saga when its parent stops waiting for it (the parent is
+    cancelled, or its parallel group turns back)."""
+
+    #: The child is cancelled (and so, in turn, are its own children): the default.
+    CANCEL = "cancel"
+    #: The child runs on by itself; its outcome no longer matters to the parent.
+    ABANDON = "abandon"
+
+
+@attrs.frozen
+class ChildSaga:
+    """Start saga ``saga`` (the newest registered version) as a child and wait for it.
+
+    The child's id is ``<parent id>/<step name>``: a parent rebuilt after a crash finds
+    its child rather than starting another. The step completes with the child's results
+    when it completes, and fails for good (the parent compensates) when it ends otherwise.
+    The child's own end is written with a message for the parent in one transaction, so
+    the parent hears of it after any crash. A completed child is not undone by the
+    parent's compensation: give the child's work its own steps to undo inside the child.
+
+    Attributes:
+        saga: the child saga's name; it must be registered with the coordinator too.
+        input: ``fn(ctx) -> input`` for the child, from the parent's ``StepContext``
+            (``ctx.input``, ``ctx.results``); a pure function, as it may be called again
+            after a crash. ``None``: the parent's own input.
+        on_parent_close: what happens to the child when the parent stops waiting for it.
+    """
+
+    saga: str
+    input: Callable[[StepContext], Any] | None = attrs.field(default=None, kw_only=True)
+    on_parent_close: ParentClose = attrs.field(default=ParentClose.CANCEL, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.saga, str) or not NAME.fullmatch(self.saga):
+            raise DefinitionError(f"ChildSaga.saga must match {NAME.pattern}, got {self.saga!r}")
+        if self.input is not None and not callable(self.input):
+            raise DefinitionError(f"ChildSaga.input must be a function or None, got {self.input!r}")
+        if not isinstance(self.on_parent_close, ParentClose):
+            raise DefinitionError(
+                f"ChildSaga.on_parent_close must be a ParentClose, got {self.on_parent_close!r}"
+            )
+
+
 #: What a step without an action waits for.
-Wait = Sleep | WaitForSignal
+Wait = Sleep | WaitForSignal | ChildSaga
 
 
 @attrs.frozen(kw_only=True)
@@ -213,6 +268,8 @@ class Step:
         compensation_retry: retry policy of the compensation.
         timeout: seconds one attempt may take (action or compensation); ``None`` is no limit.
         wait: instead of an action, what the step waits for.
+        group: the ``Parallel`` group the step belongs to (set by ``Parallel``).
+        group_limit: how many of its group's steps run at once (set by ``Parallel``).
     """
 
     name: str
@@ -223,12 +280,39 @@ class Step:
     compensation_retry: RetryPolicy = RetryPolicy(max_attempts=10)
     timeout: float | None = None
     wait: Wait | None = None
+    group: str | None = None
+    group_limit: int | None = None
 
     @property
     def action_policy(self) -> RetryPolicy:
         if self.kind is StepKind.RETRIABLE:
             return attrs.evolve(self.retry, max_attempts=None)
         return self.retry
+
+
+@attrs.frozen
+class Parallel:
+    """Steps that run at the same time, at most ``limit`` at once (``None``: all).
+
+    Put it among a saga's steps: the saga goes on past it once every member completed.
+    When a member fails for good (or the saga is cancelled), the members not begun yet are
+    dropped, those running finish, and every member that completed is compensated, the
+    group's compensations again at the same time (at most ``limit`` at once), before the
+    steps that came before the group. Members are all compensatable or all retriable.
+    """
+
+    name: str
+    steps: tuple[Step, ...] = attrs.field(converter=_members)
+    limit: int | None = attrs.field(default=None, kw_only=True)
+
+    def members(self) -> tuple[Step, ...]:
+        """The member steps, marked with the group's name and limit."""
+        return tuple(
+            attrs.evolve(step, group=self.name, group_limit=self.limit)
+            if isinstance(step, Step)
+            else step
+            for step in self.steps
+        )
 
 
 def _check_fn(saga: str, step: str, what: str, fn: object) -> None:
@@ -281,10 +365,60 @@ class SagaDefinition:
                     step=step.name,
                 )
             phase = rank
+        self._check_groups()
+
+    def _check_groups(self) -> None:
+        names = {step.name for step in self.steps}
+        closed: set[str] = set()
+        previous: Step | None = None
+        for step in self.steps:
+            group = step.group
+            if previous is not None and previous.group not in (None, group):
+                closed.add(previous.group)
+            previous = step
+            if group is None:
+                if step.group_limit is not None:
+                    raise DefinitionError(
+                        "group_limit needs a group: use Parallel(...)",
+                        saga=self.name,
+                        step=step.name,
+                    )
+                continue
+
+            def refuse(why: str, step: Step = step, group: str = group) -> DefinitionError:
+                return DefinitionError(f"group {group!r}: {why}", saga=self.name, step=step.name)
+
+            if not NAME.fullmatch(group):
+                raise refuse(f"a group name must match {NAME.pattern}")
+            if group in names:
+                raise refuse("a group may not share its name with a step")
+            if group in closed:
+                raise refuse("its steps must be consecutive (one Parallel)")
+            members = self.group(step.name)
+            limit = step.group_limit
+            if limit is not None and (
+                isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+            ):
+                raise refuse(f"limit must be an int >= 1 or None, got {limit!r}")
+            if any(m.group_limit != limit for m in members):
+                raise refuse("its steps disagree on the group's limit")
+            if any(m.kind is StepKind.PIVOT for m in members):
+                raise refuse("a pivot cannot run in parallel with other steps")
+            if any(m.kind is not step.kind for m in members):
+                raise refuse("its steps must be all compensatable or all retriable")
+
+    def group(self, name: str) -> tuple[Step, ...]:
+        """The steps of the parallel group of step ``name`` (empty if it is in none)."""
+        step = self.step(name)
+        if step.group is None:
+            return ()
+        return tuple(s for s in self.steps if s.group == step.group)
 
     def _check_step(self, step: object, seen: set[str]) -> None:
         if not isinstance(step, Step):
-            raise DefinitionError(f"steps must be Step objects, got {step!r}", saga=self.name)
+            raise DefinitionError(
+                f"steps must be Step or Parallel objects, got {step!r}", saga=self.name
+            )
         if not isinstance(step.name, str) or not NAME.fullmatch(step.name):
             raise DefinitionError(
                 f"step name must match {NAME.pattern}, got {step.name!r}", saga=self.name
@@ -330,8 +464,10 @@ class SagaDefinition:
         def refuse(why: str) -> DefinitionError:
             return DefinitionError(why, saga=self.name, step=step.name)
 
-        if not isinstance(step.wait, Sleep | WaitForSignal):
-            raise refuse(f"wait must be Sleep(...) or WaitForSignal(...), got {step.wait!r}")
+        if not isinstance(step.wait, Sleep | WaitForSignal | ChildSaga):
+            raise refuse(
+                f"wait must be Sleep(...), WaitForSignal(...) or ChildSaga(...), got {step.wait!r}"
+            )
         if step.action is not None:
             raise refuse("a step has an action or a wait, not both")
         if step.compensation is not None:

@@ -7,7 +7,15 @@ import attrs
 from saga._core.events import Phase
 from saga._core.state import Status
 
-__all__ = ["AbortAttempt", "ArmTimer", "Effect", "Finish", "RunAttempt"]
+__all__ = [
+    "AbortAttempt",
+    "ArmTimer",
+    "CancelChild",
+    "Effect",
+    "Finish",
+    "RunAttempt",
+    "StartChild",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -35,6 +43,23 @@ class ArmTimer:
 
 
 @attrs.frozen(kw_only=True)
+class StartChild:
+    """Start the child saga of a step's attempt as ``child_id`` (a no-op if it exists)."""
+
+    step: str
+    attempt: int
+    child_id: str
+
+
+@attrs.frozen(kw_only=True)
+class CancelChild:
+    """Cancel child ``child_id``, then report ``ChildCancelDelivered``."""
+
+    child_id: str
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
 class AbortAttempt:
     """Drop an attempt that has not begun yet (it is waiting out its backoff).
 
@@ -54,4 +79,4 @@ class Finish:
     status: Status
 
 
-Effect = RunAttempt | ArmTimer | AbortAttempt | Finish
+Effect = RunAttempt | ArmTimer | StartChild | CancelChild | AbortAttempt | Finish

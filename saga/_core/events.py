@@ -14,12 +14,15 @@ import attrs
 __all__ = [
     "EVENT_TYPES",
     "CancelRequested",
+    "ChildCancelDelivered",
+    "ChildCancelRequested",
     "CompensationCompleted",
     "CompensationFailed",
     "CompensationScheduled",
     "CompensationTriggered",
     "ErrorInfo",
     "Event",
+    "ParentRef",
     "Phase",
     "SagaCancelled",
     "SagaCompensated",
@@ -62,10 +65,19 @@ class ErrorInfo:
 
 
 @attrs.frozen(kw_only=True)
+class ParentRef:
+    """The parent of a child saga: the instance, and its step that waits for the child."""
+
+    saga_id: str
+    step: str
+
+
+@attrs.frozen(kw_only=True)
 class SagaStarted:
     saga: str
     version: int
     input: Any
+    parent: ParentRef | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -107,6 +119,22 @@ class SignalConsumed:
 
     step: str
     message_id: str
+
+
+@attrs.frozen(kw_only=True)
+class ChildCancelRequested:
+    """The child ``child_id`` (of step ``step``) is to be cancelled: the parent stopped
+    waiting for it. The parent ends only once the cancel is delivered."""
+
+    step: str
+    child_id: str
+
+
+@attrs.frozen(kw_only=True)
+class ChildCancelDelivered:
+    """The child's cancel was recorded (or the child had finished, or could not be)."""
+
+    child_id: str
 
 
 @attrs.frozen(kw_only=True)
@@ -188,6 +216,8 @@ Event = (
     | StepFailed
     | SignalReceived
     | SignalConsumed
+    | ChildCancelRequested
+    | ChildCancelDelivered
     | CancelRequested
     | CompensationTriggered
     | CompensationScheduled
@@ -211,6 +241,8 @@ EVENT_TYPES: dict[str, type[Any]] = {
         StepFailed,
         SignalReceived,
         SignalConsumed,
+        ChildCancelRequested,
+        ChildCancelDelivered,
         CancelRequested,
         CompensationTriggered,
         CompensationScheduled,

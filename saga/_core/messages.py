@@ -6,10 +6,12 @@ from typing import Any
 
 import attrs
 
-from saga._core.events import ErrorInfo, Phase
+from saga._core.events import ErrorInfo, ParentRef, Phase
 
 __all__ = [
     "CancelSaga",
+    "ChildCancelDelivered",
+    "ChildFinished",
     "CompleteAttempt",
     "FailAttempt",
     "FireTimer",
@@ -25,6 +27,7 @@ __all__ = [
 @attrs.frozen(kw_only=True)
 class StartSaga:
     input: Any
+    parent: ParentRef | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -66,6 +69,24 @@ class SignalSaga:
 
 
 @attrs.frozen(kw_only=True)
+class ChildFinished:
+    """Child ``child_id`` of step ``step`` ended ``status`` with ``results`` (and why)."""
+
+    step: str
+    child_id: str
+    status: str
+    results: Any = None
+    reason: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ChildCancelDelivered:
+    """The cancel of child ``child_id`` was recorded (or could not be: it had ended)."""
+
+    child_id: str
+
+
+@attrs.frozen(kw_only=True)
 class CancelSaga:
     reason: str
 
@@ -86,6 +107,8 @@ Message = (
     | FailAttempt
     | FireTimer
     | SignalSaga
+    | ChildFinished
+    | ChildCancelDelivered
     | CancelSaga
     | SuspendSaga
     | ResumeSaga

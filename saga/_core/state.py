@@ -64,6 +64,8 @@ class SagaState:
         suspension: while suspended, why.
         signals: signals received and not taken by a waiting step yet, oldest first.
         signal_ids: the message id of every signal received (a repeat is dropped).
+        parent: for a child saga, its parent.
+        cancelling: children whose cancel is to be delivered before the saga may end.
     """
 
     saga_id: str
@@ -84,6 +86,8 @@ class SagaState:
     suspension: str | None = None
     signals: tuple[ev.SignalReceived, ...] = ()
     signal_ids: frozenset[str] = frozenset()
+    parent: ev.ParentRef | None = None
+    cancelling: tuple[str, ...] = ()
 
     def signal(self, name: str) -> ev.SignalReceived | None:
         """The oldest signal ``name`` waiting to be taken, if any."""
@@ -100,7 +104,13 @@ class SagaState:
 
     @classmethod
     def started(cls, saga_id: str, event: ev.SagaStarted) -> SagaState:
-        return cls(saga_id=saga_id, saga=event.saga, version=event.version, input=event.input)
+        return cls(
+            saga_id=saga_id,
+            saga=event.saga,
+            version=event.version,
+            input=event.input,
+            parent=event.parent,
+        )
 
 
 def _without(state: SagaState, phase: Phase, step: str) -> tuple[Attempt, ...]:
@@ -128,6 +138,10 @@ def _changes(state: SagaState, event: ev.Event) -> dict[str, Any]:
             return dict(signals=(*state.signals, event), signal_ids=state.signal_ids | {message_id})
         case ev.SignalConsumed(message_id=message_id):
             return dict(signals=tuple(s for s in state.signals if s.message_id != message_id))
+        case ev.ChildCancelRequested(child_id=child_id):
+            return dict(cancelling=(*state.cancelling, child_id))
+        case ev.ChildCancelDelivered(child_id=child_id):
+            return dict(cancelling=tuple(c for c in state.cancelling if c != child_id))
         case ev.CancelRequested(reason=reason):
             return dict(cancel_reason=reason)
         case ev.CompensationTriggered(reason=reason, cancelled=cancelled):

@@ -7,7 +7,8 @@ from typing import Any
 
 import attrs
 
-from saga._core.definition import SagaDefinition, Sleep, WaitForSignal
+from saga._core.decide import child_id
+from saga._core.definition import ChildSaga, SagaDefinition, Sleep, WaitForSignal
 from saga._core.events import Phase
 from saga._core.state import Attempt, SagaState, Status
 
@@ -20,7 +21,8 @@ class PendingWait:
 
     Attributes:
         step: the waiting step.
-        signal: the signal it waits for; ``None`` for a sleep.
+        signal: the signal it waits for; ``None`` for a sleep or a child.
+        child: the id of the child saga it waits for; ``None`` for a sleep or a signal.
         until: when its timer fires (a sleep's end, a signal wait's timeout), on the
             coordinator's clock; ``None`` for a signal wait without a timeout.
     """
@@ -28,6 +30,7 @@ class PendingWait:
     step: str
     signal: str | None
     until: float | None
+    child: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -79,6 +82,9 @@ class SagaView:
                     waits.append(PendingWait(step=a.step, signal=None, until=a.run_after))
                 elif isinstance(wait, WaitForSignal):
                     waits.append(PendingWait(step=a.step, signal=wait.signal, until=a.run_after))
+                elif isinstance(wait, ChildSaga):
+                    child = child_id(state.saga_id, a.step)
+                    waits.append(PendingWait(step=a.step, signal=None, until=None, child=child))
         return cls(
             saga_id=state.saga_id,
             saga=state.saga,

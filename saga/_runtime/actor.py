@@ -13,14 +13,23 @@ import attrs
 from saga._core import messages as msg
 from saga._core.codec import check_payload, dumps
 from saga._core.context import StepContext
-from saga._core.decide import Decision, decide, outstanding, wake_at
-from saga._core.definition import SagaDefinition
-from saga._core.effects import AbortAttempt, ArmTimer, Effect, Finish, RunAttempt
-from saga._core.events import ErrorInfo, Phase
+from saga._core.decide import Decision, decide, idempotency_key, outstanding, wake_at
+from saga._core.definition import ChildSaga, SagaDefinition
+from saga._core.effects import (
+    AbortAttempt,
+    ArmTimer,
+    CancelChild,
+    Effect,
+    Finish,
+    RunAttempt,
+    StartChild,
+)
+from saga._core.events import ErrorInfo, ParentRef, Phase
+from saga._core.snapshot import fingerprint
 from saga._core.state import SagaState, Status
 from saga._crashpoints import crashpoint
 from saga._runtime.clock import Clock
-from saga._runtime.history import transition
+from saga._runtime.history import snapshot_for, transition
 from saga._runtime.hooks import SimulatedCrash
 from saga._runtime.ownership import OK, encode_reply
 from saga._store.port import Reply
@@ -30,6 +39,7 @@ from saga.errors import (
     PayloadError,
     SagaError,
     StepTimeoutError,
+    StoreError,
 )
 
 if TYPE_CHECKING:
@@ -93,9 +103,13 @@ class Actor:
         self.leased_at = anyio.current_time()
         self.send, self._receive = anyio.create_memory_object_stream[Envelope](MAILBOX_SIZE)
         self.state: SagaState | None = None
+        #: The instance's latest snapshot vouches for another definition than ours: the
+        #: next commit carries one (see ``Coordinator._load``).
+        self._stale_snapshot = False
         self._seen: set[str] = set()  # inbox messages handled, across incarnations
         self._attempts: dict[tuple[Phase, str, int], _Pending] = {}
         self._runners = 0  # attempt runners alive, begun or not
+        self._children = anyio.Lock()  # child starts and cancels, one at a time
 
     @property
     def done(self) -> bool:
@@ -119,14 +133,14 @@ class Actor:
             if boot is None:
                 # Checked against the definition we drive it with: a history it does not
                 # fit raises NonDeterminismError, and the supervisor parks the instance.
-                self.state = await self.coordinator.load_state(
-                    self.saga_id, definition=self.definition
-                )
+                self.state, latest = await self.coordinator._load(self.saga_id, self.definition)
+                self._stale_snapshot = latest is not None and latest != fingerprint(self.definition)
                 now = self.coordinator.clock.now()
                 effects: tuple[Effect, ...] = outstanding(self.definition, self.state, now)
                 crashpoint("recovery_loaded")
             else:
                 self.state, effects = boot.state, boot.effects
+                self._stale_snapshot = False  # a new instance: no snapshot, or one of ours
             self._emit(tg, effects)
             while not self.done:
                 envelope = await self._next()
@@ -165,6 +179,8 @@ class Actor:
         state = self.state
         if state is None or self._runners != len(self._attempts):
             return False  # a runner is reporting
+        if self._receive.statistics().current_buffer_used:
+            return False  # a message waits
         if any(pending.began for pending in self._attempts.values()):
             return False
         wake = wake_at(self.definition, state, now)
@@ -202,6 +218,13 @@ class Actor:
             # Past the limit nothing is written: the supervisor parks the instance.
             coordinator.limits.check_events(self.saga_id, state.sequence, decision.state.sequence)
             replies = () if message_id is None else (Reply(message_id=message_id, body=OK),)
+            snapshot = snapshot_for(
+                self.definition,
+                state.sequence,
+                decision.state,
+                every=coordinator.snapshot_every,
+                stale=self._stale_snapshot,
+            )
             # Shielded: once handed to the store the commit may land, so the actor waits to
             # hear whether it did; a caller is never told "done" for what was not written.
             with anyio.CancelScope(shield=True):
@@ -213,8 +236,11 @@ class Actor:
                         at=now,
                         epoch=self.epoch,
                         replies=replies,
+                        snapshot=snapshot,
                     )
                 )
+            if snapshot is not None:
+                self._stale_snapshot = False
             crashpoint("after_commit")
             if message_id is not None:
                 self._answered(message_id)
@@ -253,8 +279,72 @@ class Actor:
                     held = self._attempts.get((phase, step, n))
                     if held is not None and not held.began:
                         held.scope.cancel()
+                case StartChild() | CancelChild():
+                    self._runners += 1
+                    tg.start_soon(self._child, effect)
                 case Finish():
                     self.coordinator._settled(self.saga_id, self.state)
+
+    async def _child(self, effect: StartChild | CancelChild) -> None:
+        """Start or cancel a child saga, one at a time per parent: a cancel issued while
+        its child is being started waits for that start, so no child starts after its
+        cancel and escapes it."""
+        try:
+            outcome: msg.Message | None = None
+            async with self._children:
+                if isinstance(effect, StartChild):
+                    outcome = await self._start_child(effect)
+                else:
+                    await self.coordinator._cancel_child(effect.child_id, effect.reason)
+                    outcome = msg.ChildCancelDelivered(child_id=effect.child_id)
+            if outcome is not None:
+                await self.send.send(Envelope(outcome))
+        finally:
+            self._runners -= 1
+
+    async def _start_child(self, effect: StartChild) -> msg.Message | None:
+        state = self.state
+        assert state is not None
+        attempt = state.attempt(Phase.ACTION, effect.step)
+        if (
+            state.status is not Status.RUNNING
+            or attempt is None
+            or attempt.attempt != effect.attempt
+        ):
+            return None  # its wait ended (cancelled) before the child started: it never will
+        step = self.definition.step(effect.step)
+        child = step.wait
+        assert isinstance(child, ChildSaga)
+        ctx = StepContext(
+            saga_id=self.saga_id,
+            saga=self.definition.name,
+            step=step.name,
+            phase=Phase.ACTION,
+            attempt=effect.attempt,
+            idempotency_key=idempotency_key(self.saga_id, step.name, Phase.ACTION),
+            input=state.input,
+            results=dict(state.results),
+        )
+        try:
+            child_input = state.input if child.input is None else child.input(ctx)
+            await self.coordinator._start(
+                self.coordinator.definition(child.saga),
+                effect.child_id,
+                child_input,
+                parent=ParentRef(saga_id=self.saga_id, step=step.name),
+            )
+        except StoreError:
+            raise  # a crash: the rebuilt actor starts it again (a no-op if it landed)
+        except Exception as exc:  # noqa: BLE001 - its input function, or a conflicting id
+            log.warning("saga %s: child %s not started: %r", self.saga_id, effect.child_id, exc)
+            return msg.FailAttempt(
+                phase=Phase.ACTION,
+                step=step.name,
+                attempt=effect.attempt,
+                error=ErrorInfo.of(exc),
+                retryable=False,
+            )
+        return None  # its end comes as a message (written with the child's last commit)
 
     async def _timer(self, effect: ArmTimer, pending: _Pending) -> None:
         """Report ``FireTimer`` at the timer's time, unless the wait ends before."""

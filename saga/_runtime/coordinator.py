@@ -18,15 +18,23 @@ import attrs
 from saga._core import messages as msg
 from saga._core.codec import check_payload, dumps, encode_command
 from saga._core.decide import Decision, decide, start
-from saga._core.definition import NAME, SagaDefinition, by_version
-from saga._core.events import SignalReceived
+from saga._core.definition import NAME, ChildSaga, SagaDefinition, by_version
+from saga._core.events import ParentRef, SignalReceived
+from saga._core.snapshot import decode_snapshot, fingerprint
 from saga._core.state import SagaState, Status
 from saga._core.view import SagaView
 from saga._crashpoints import crashpoint
 from saga._runtime.actor import Actor, Envelope, Moved
 from saga._runtime.clock import Clock, SystemClock
 from saga._runtime.handle import SagaHandle, SagaOutcome
-from saga._runtime.history import RecordedEvent, decode_history, replay, transition
+from saga._runtime.history import (
+    RecordedEvent,
+    decode_history,
+    replay,
+    replay_after,
+    snapshot_for,
+    transition,
+)
 from saga._runtime.hooks import StepHook
 from saga._runtime.limits import HistoryLimits
 from saga._runtime.ownership import OK, LeaseKeeper, LeasePolicy, default_node, encode_reply
@@ -36,6 +44,8 @@ from saga.errors import (
     CommandRejected,
     ConflictError,
     CoordinatorError,
+    CorruptHistoryError,
+    DefinitionError,
     FencedError,
     InvalidSagaIdError,
     NotFoundError,
@@ -113,6 +123,12 @@ class Coordinator:
             With ``recover=False`` actors are never passivated (nothing would claim them
             back).
         limits: how long a history and how large a payload may grow.
+        snapshot_every: write a snapshot of an instance's state with the commit that takes
+            its history past each multiple of this many events, so that rebuilding it
+            reads the latest snapshot and the events after it, not its whole history.
+            ``None`` takes none on that schedule (snapshots already stored are still
+            used, and replaced when they vouch for another definition: see
+            ``load_state``).
 
     Raises:
         DefinitionError: two different definitions share a name and version.
@@ -131,6 +147,7 @@ class Coordinator:
         leases: LeasePolicy | None = None,
         passivate_after: float | None = 60.0,
         limits: HistoryLimits | None = None,
+        snapshot_every: int | None = 1000,
     ) -> None:
         if isinstance(max_concurrent_steps, bool) or not (
             isinstance(max_concurrent_steps, int) and max_concurrent_steps >= 1
@@ -162,11 +179,27 @@ class Coordinator:
         if limits is not None and not isinstance(limits, HistoryLimits):
             raise TypeError(f"limits must be a HistoryLimits, got {limits!r}")
         self.limits = limits or HistoryLimits()
+        if snapshot_every is not None and (
+            isinstance(snapshot_every, bool)
+            or not isinstance(snapshot_every, int)
+            or snapshot_every < 1
+        ):
+            raise ValueError(f"snapshot_every must be an int >= 1 or None, got {snapshot_every!r}")
+        self.snapshot_every = snapshot_every
         self._recover_on_enter = recover
         self._definitions = by_version(sagas)
         self._newest: dict[str, SagaDefinition] = {}
         for definition in sorted(self._definitions.values(), key=lambda d: d.version):
             self._newest[definition.name] = definition
+        for definition in self._definitions.values():
+            for step in definition.steps:
+                if isinstance(step.wait, ChildSaga) and step.wait.saga not in self._newest:
+                    raise DefinitionError(
+                        f"its child saga {step.wait.saga!r} is not registered here: "
+                        "register it with the same coordinator",
+                        saga=definition.name,
+                        step=step.name,
+                    )
         self._actors: dict[str, Actor] = {}
         self._waiters: dict[str, _Waiter] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -263,19 +296,36 @@ class Coordinator:
             StoreError: the store failed; the start may or may not have been recorded,
                 and calling ``start`` again with the same arguments is safe.
         """
-        definition = self._resolve(saga)
+        return await self._start(self._resolve(saga), saga_id, input)
+
+    async def _start(
+        self,
+        definition: SagaDefinition,
+        saga_id: str,
+        input: Any,
+        *,
+        parent: ParentRef | None = None,
+    ) -> SagaHandle:
+        """``start``, of a resolved definition; a child saga names its ``parent``."""
         _check_id(saga_id)
         payload = check_payload(input, "input")
         encoded = dumps(payload)
         self.limits.check_payload(encoded, "input", saga_id=saga_id)
         self._require_running()
         now = self.clock.now()
-        decision = start(definition, saga_id, msg.StartSaga(input=payload), now=now)
+        decision = start(definition, saga_id, msg.StartSaga(input=payload, parent=parent), now=now)
         new = NewInstance(
             saga=definition.name,
             version=definition.version,
             input=encoded,
-            transition=transition(definition, 0, decision, at=now, epoch=1),
+            transition=transition(
+                definition,
+                0,
+                decision,
+                at=now,
+                epoch=1,
+                snapshot=snapshot_for(definition, 0, decision.state, every=self.snapshot_every),
+            ),
             owner=self.node,
             lease=self.leases.duration,
         )
@@ -309,11 +359,20 @@ class Coordinator:
                     existing.version,
                 )
             else:  # nobody drives it (its owner died): take it, unless someone holds it
-                with anyio.CancelScope(shield=True):
-                    row = await self.store.acquire(saga_id, self.node, lease=self.leases.duration)
-                    if row is not None and row.owner == self.node and row.status in ACTIVE:
-                        self._spawn(saga_id, running, None, row.epoch)
+                await self._take(saga_id, running)
         return SagaHandle(saga_id, self)
+
+    async def _take(self, saga_id: str, definition: SagaDefinition) -> None:
+        """Lease an instance no one holds and spawn its actor here. If it ended meanwhile,
+        the lease taken on it is given back at once."""
+        with anyio.CancelScope(shield=True):  # a lease we take must not be left behind
+            row = await self.store.acquire(saga_id, self.node, lease=self.leases.duration)
+            if row is None or row.owner != self.node:
+                return
+            if row.status in ACTIVE:
+                self._spawn(saga_id, definition, None, row.epoch)
+            else:
+                await self._keeper.release({saga_id: row.epoch})
 
     def handle(self, saga_id: str) -> SagaHandle:
         """A handle on an instance that was started earlier (no I/O; it may not exist)."""
@@ -406,20 +465,40 @@ class Coordinator:
                 created_at=self.clock.now(),
             )
         )
-        # Durable now. Wake the instance if nobody drives it (it sleeps in the store):
-        # with a live owner elsewhere, the store woke that one.
-        definition = self._definitions.get((row.saga, row.version))
-        if (
-            saga_id not in self._actors
-            and row.status in ACTIVE
-            and row.owner in (None, self.node)
-            and definition is not None
-        ):
-            with anyio.CancelScope(shield=True):  # a lease we take must not be left behind
-                taken = await self.store.acquire(saga_id, self.node, lease=self.leases.duration)
-                if taken is not None and taken.owner == self.node and taken.status in ACTIVE:
-                    self._spawn(saga_id, definition, None, taken.epoch)
-        self._keeper.nudge()  # deliver it
+        await self._wake(saga_id, row)  # durable now: deliver it
+
+    async def _wake(self, saga_id: str, row: InstanceRecord | None = None) -> None:
+        """An inbox message waits for ``saga_id``: deliver it now. If nobody drives the
+        instance (it sleeps in the store), take it; a live owner elsewhere was woken by
+        the store, and a coordinator's claims find it anyway within a poll."""
+        if saga_id not in self._actors:
+            row = row or await self.store.instance(saga_id)
+            definition = None if row is None else self._definitions.get((row.saga, row.version))
+            if (
+                row is not None
+                and definition is not None
+                and row.status in ACTIVE
+                and row.owner in (None, self.node)
+            ):
+                await self._take(saga_id, definition)
+        self._keeper.nudge()
+
+    async def _wake_parent(self, parent: str) -> None:
+        """A child of ``parent`` ended here: its message waits in the inbox."""
+        try:
+            await self._wake(parent)
+        except StoreError as exc:  # the parent's claims find it within a poll
+            log.info("saga %s: not woken for its child: %s", parent, exc)
+
+    async def _cancel_child(self, child_id: str, reason: str) -> None:
+        """Cancel a child saga for its parent; a child that never started, or that cannot
+        be cancelled any more (finished, parked, past its pivot), is left as it is."""
+        try:
+            await self.cancel(child_id, reason)
+        except NotFoundError:
+            pass  # its start never landed, and never will: the parent stopped waiting
+        except CommandRejected as exc:
+            log.info("saga %s: child not cancelled: %s", child_id, exc)
 
     async def query(self, saga_id: str) -> SagaView:
         """What the instance is doing: status, steps in progress, results, pending waits.
@@ -463,19 +542,70 @@ class Coordinator:
     async def load_state(
         self, saga_id: str, *, definition: SagaDefinition | None = None
     ) -> SagaState:
-        """The instance's state, replayed from its history and checked against its row (and
-        against ``definition``, the one an actor is about to drive it with, when given).
+        """The instance's state, rebuilt from its latest snapshot and the events after it
+        (or from its whole history) and checked against its row, and against
+        ``definition`` (the one an actor is about to drive it with) when given.
 
         Raises:
             NotFoundError: there is no such instance.
             CorruptHistoryError: its history cannot be replayed.
             NonDeterminismError: its history does not fit ``definition``.
         """
-        loaded = await self.store.load(_check_id(saga_id))
+        state, _ = await self._load(saga_id, definition)
+        return state
+
+    async def _load(
+        self, saga_id: str, definition: SagaDefinition | None = None
+    ) -> tuple[SagaState, str | None]:
+        """The instance's state (see ``load_state``), and the fingerprint its latest
+        snapshot vouches for: ``None`` if it has no snapshot, ``""`` if it vouches for no
+        definition or could not be used.
+
+        A snapshot is the state after its sequence, whatever the definition. Its fingerprint
+        (``saga._core.snapshot``) claims more: the history up to it, and every event written
+        after it, fit any definition with that fingerprint. The fit rules look at nothing
+        the fingerprint does not hash, so for a definition with the snapshot's fingerprint
+        their verdict on the whole history is known already: only the events after the
+        snapshot are read, and not checked again. A definition with another fingerprint (it
+        changed in place: a step renamed, reordered, a kind changed...) may get another
+        verdict, so the whole history is read and checked against it, as without snapshots.
+
+        Writers keep the claim true. Whatever they commit was decided by their definition,
+        so one whose fingerprint is not the latest snapshot's (the latest is stale) writes a
+        snapshot of its own with its first commit: vouching for its definition if it checked
+        the history against it (an actor always has), else for none (see ``_decide_here``).
+        The one event written without a decision, a supervisor's ``SagaSuspended``, is one
+        no fit rule looks at.
+        """
+        loaded = await self.store.load_recent(_check_id(saga_id))
         if loaded is None:
             raise NotFoundError(saga_id)
-        row, records = loaded
-        return replay(saga_id, records, row, definition=definition)
+        row, snapshot, records = loaded
+        if snapshot is None:
+            return replay(saga_id, records, row, definition=definition), None
+        try:
+            state, latest = decode_snapshot(snapshot.data)
+            if (state.saga_id, state.sequence) != (saga_id, snapshot.sequence):
+                raise ValueError(
+                    f"it holds the state of {state.saga_id!r} after event {state.sequence}"
+                )
+            if definition is None or latest == fingerprint(definition):
+                return replay_after(state, records, row), latest
+        except (ValueError, CorruptHistoryError) as exc:
+            # A snapshot is a cache of the history: one that cannot be used is ignored,
+            # and the history (which a failed replay then reports on) is the judge.
+            log.warning(
+                "saga %s: snapshot at event %d not used (%s); replaying the whole history",
+                saga_id,
+                snapshot.sequence,
+                exc,
+            )
+            latest = ""
+        whole = await self.store.load(saga_id)
+        if whole is None:
+            raise NotFoundError(saga_id)
+        row, history = whole
+        return replay(saga_id, history, row, definition=definition), latest
 
     async def wait(self, saga_id: str) -> SagaOutcome:
         """Wait until the instance is terminal; see ``SagaHandle.outcome``."""
@@ -574,6 +704,7 @@ class Coordinator:
                     raise NotFoundError(saga_id)
                 if taken.owner == self.node and taken.status in ACTIVE:
                     self._spawn(saga_id, definition, None, taken.epoch)
+                    self._keeper.nudge()  # signals may wait for it in the inbox
                     continue
             assert taken is not None  # (mypy: a shielded scope never swallows the raise)
             if taken.owner == self.node:
@@ -591,7 +722,10 @@ class Coordinator:
         definition = self.definition(row.saga, row.version)
         with anyio.CancelScope(shield=True):  # as in start: commit, then spawn
             try:
-                state = await self.load_state(row.saga_id)
+                # Not checked against the definition (an actor checks it when it is set
+                # going): so a snapshot written here vouches for no definition, unless the
+                # latest one vouches for ours already (see _load).
+                state, latest = await self._load(row.saga_id)
                 now = self.clock.now()
                 decision = decide(definition, state, message, now)
             except SagaError as exc:
@@ -605,6 +739,7 @@ class Coordinator:
                     await self.store.answer(replies)
                 await self._keeper.release({row.saga_id: row.epoch})
                 return
+            mine = fingerprint(definition)
             try:
                 await self._commit(
                     transition(
@@ -614,6 +749,14 @@ class Coordinator:
                         at=now,
                         epoch=row.epoch,
                         replies=replies,
+                        snapshot=snapshot_for(
+                            definition,
+                            state.sequence,
+                            decision.state,
+                            every=self.snapshot_every,
+                            stale=latest is not None and latest != mine,
+                            vouched=latest == mine,
+                        ),
                     )
                 )
             except StoreError:
@@ -623,6 +766,7 @@ class Coordinator:
                 raise
             if decision.state.status.value in ACTIVE:  # resumed: the lease is kept
                 self._spawn(row.saga_id, definition, None, row.epoch)
+                self._keeper.nudge()  # signals may wait for it in the inbox
 
     def _spawn(
         self, saga_id: str, definition: SagaDefinition, boot: Decision | None, epoch: int
@@ -650,8 +794,16 @@ class Coordinator:
             raise
 
     def _settled(self, saga_id: str, state: SagaState | None = None) -> None:
-        """An instance became terminal or suspended: wake whoever waits for it."""
+        """An instance became terminal or suspended: wake whoever waits for it (and the
+        parent of a child saga that ended)."""
         waiter = self._waiters.pop(saga_id, None)
         if waiter is not None:
             waiter.state = state
             waiter.event.set()
+        if (
+            state is not None
+            and state.parent is not None
+            and state.status.terminal
+            and self._task_group is not None
+        ):
+            self._task_group.start_soon(self._wake_parent, state.parent.saga_id)

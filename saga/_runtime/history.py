@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
 from saga._core import events as ev
-from saga._core.codec import decode_event, encode_event
+from saga._core import messages as msg
+from saga._core.codec import decode_event, encode_command, encode_event
 from saga._core.decide import Decision, wake_at
 from saga._core.definition import SagaDefinition
+from saga._core.effects import Finish
 from saga._core.events import Phase
 from saga._core.fit import check_fits
-from saga._core.state import SagaState, Status, fold
+from saga._core.snapshot import encode_snapshot
+from saga._core.state import SagaState, Status, evolve, fold
 from saga._store.port import (
     ACTIVE_STATUSES,
     EventRecord,
+    InboxRecord,
     InstanceRecord,
     Reply,
     TaskRecord,
@@ -24,7 +29,16 @@ from saga._store.port import (
 )
 from saga.errors import CorruptHistoryError
 
-__all__ = ["RecordedEvent", "decode_history", "record", "replay", "task_id", "transition"]
+__all__ = [
+    "RecordedEvent",
+    "decode_history",
+    "record",
+    "replay",
+    "replay_after",
+    "snapshot_for",
+    "task_id",
+    "transition",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -64,7 +78,9 @@ def _work(
                 done.append(task_id(saga_id, Phase.ACTION, event.step, event.attempt))
             case ev.CompensationCompleted() | ev.CompensationFailed():
                 done.append(task_id(saga_id, Phase.COMPENSATION, event.step, event.attempt))
-    return tuple(new), tuple(done)
+    # Created and settled by one transition (a wait whose signal had come): never stored.
+    settled = set(done)
+    return tuple(t for t in new if t.task_id not in settled), tuple(done)
 
 
 def transition(
@@ -75,10 +91,13 @@ def transition(
     at: float,
     epoch: int,
     replies: tuple[Reply, ...] = (),
+    snapshot: str | None = None,
 ) -> Transition:
-    """The store transition of ``decision``, taken when the instance was at ``before``."""
+    """The store transition of ``decision``, taken when the instance was at ``before``
+    (with ``snapshot``, the encoded ``decision.state``, if one is due). A child saga's
+    transition to its end carries the message that tells its parent."""
     state = decision.state
-    return record(
+    t = record(
         state.saga_id,
         before,
         decision.events,
@@ -87,7 +106,51 @@ def transition(
         epoch=epoch,
         replies=replies,
         wake_at=wake_at(definition, state, at),
+        snapshot=snapshot,
     )
+    if state.parent is not None and any(isinstance(e, Finish) for e in decision.effects):
+        t = attrs.evolve(t, messages=(parent_notice(state, at),))
+    return t
+
+
+def parent_notice(state: SagaState, at: float) -> InboxRecord:
+    """The inbox message telling a child saga's parent how the child ended."""
+    assert state.parent is not None
+    finished = msg.ChildFinished(
+        step=state.parent.step,
+        child_id=state.saga_id,
+        status=state.status.value,
+        results=dict(state.results),
+        reason=state.reason,
+    )
+    key = hashlib.blake2b(state.saga_id.encode(), digest_size=16).hexdigest()
+    return InboxRecord(
+        message_id=f"child:{key}",
+        saga_id=state.parent.saga_id,
+        sender=state.saga_id,  # nobody waits for an answer
+        body=encode_command(finished),
+        created_at=at,
+    )
+
+
+def snapshot_for(
+    definition: SagaDefinition,
+    before: int,
+    state: SagaState,
+    *,
+    every: int | None,
+    stale: bool = False,
+    vouched: bool = True,
+) -> str | None:
+    """The snapshot a commit taking an instance from ``before`` events to ``state`` carries,
+    or None: one every ``every`` events (the commit crosses a multiple of it), and one
+    whenever the instance's latest snapshot is ``stale`` (see ``Coordinator._load``).
+    ``vouched``: the history is known to fit ``definition``; else the snapshot vouches for
+    no definition."""
+    crosses = every is not None and before // every != state.sequence // every
+    if not (crosses or stale):
+        return None
+    return encode_snapshot(state, definition if vouched else None)
 
 
 def record(
@@ -100,6 +163,7 @@ def record(
     epoch: int,
     replies: tuple[Reply, ...] = (),
     wake_at: float | None = None,
+    snapshot: str | None = None,
 ) -> Transition:
     """The store transition appending ``events`` after sequence ``before``, written by the
     holder of lease ``epoch``; it ends the lease when the instance needs no driver, and
@@ -128,17 +192,21 @@ def record(
         ends_lease=status.value not in ACTIVE_STATUSES,
         replies=replies,
         wake_at=wake_at,
+        snapshot=snapshot,
     )
 
 
-def decode_history(saga_id: str, records: Sequence[EventRecord]) -> list[RecordedEvent]:
-    """Decoded events, checked to run 1, 2, 3... without a gap.
+def decode_history(
+    saga_id: str, records: Sequence[EventRecord], *, first: int = 1
+) -> list[RecordedEvent]:
+    """Decoded events, checked to run ``first``, ``first + 1``... (1, 2, 3... for a whole
+    history) without a gap.
 
     Raises:
         CorruptHistoryError: a row cannot be decoded, or a sequence is missing.
     """
     out = []
-    for expected, record in enumerate(records, 1):
+    for expected, record in enumerate(records, first):
         if record.sequence != expected:
             raise CorruptHistoryError(
                 saga_id, sequence=expected, reason=f"gap: next stored sequence is {record.sequence}"
@@ -173,13 +241,43 @@ def replay(
         state = fold(saga_id, events)
     except (ValueError, TypeError, AssertionError) as exc:
         raise CorruptHistoryError(saga_id, sequence=1, reason=f"does not replay: {exc}") from exc
-    if row is not None and (row.sequence, row.status) != (state.sequence, state.status.value):
+    if row is not None:
+        _check_row(state, row)
+    if definition is not None:
+        check_fits(definition, saga_id, events)
+    return state
+
+
+def replay_after(
+    snapshot: SagaState, records: Sequence[EventRecord], row: InstanceRecord
+) -> SagaState:
+    """The state the events after a snapshot lead to, checked against the instance row.
+
+    ``records`` must run on from the snapshot's sequence without a gap. Not checked against
+    a definition: that is the snapshot's fingerprint's business (see ``Coordinator._load``).
+
+    Raises:
+        CorruptHistoryError: the events do not decode, do not follow the snapshot, or do not
+            apply to it; or the result disagrees with the row.
+    """
+    saga_id = snapshot.saga_id
+    state = snapshot
+    for recorded in decode_history(saga_id, records, first=snapshot.sequence + 1):
+        try:
+            state = evolve(state, recorded.event)
+        except (ValueError, TypeError, AssertionError) as exc:
+            raise CorruptHistoryError(
+                saga_id, sequence=recorded.sequence, reason=f"does not replay: {exc}"
+            ) from exc
+    _check_row(state, row)
+    return state
+
+
+def _check_row(state: SagaState, row: InstanceRecord) -> None:
+    if (row.sequence, row.status) != (state.sequence, state.status.value):
         raise CorruptHistoryError(
-            saga_id,
+            state.saga_id,
             sequence=state.sequence,
             reason=f"replay gives {state.status.value} at {state.sequence}, "
             f"the instance row says {row.status} at {row.sequence}",
         )
-    if definition is not None:
-        check_fits(definition, saga_id, events)
-    return state

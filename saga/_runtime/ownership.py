@@ -12,6 +12,7 @@ so a lost wake-up costs at most one ``poll_interval``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -120,18 +121,24 @@ def decode_reply(saga_id: str, body: str) -> Exception | None:
 
 
 class _Pulse:
-    """An event that can be waited for again after it fired."""
+    """An event that can be waited for again after it fired.
+
+    A fire while nobody waits is kept for the next wait: the beat fires it for itself
+    (a signal sent while it claims must not wait for the next poll).
+    """
 
     def __init__(self) -> None:
         self._event = anyio.Event()
 
     def fire(self) -> None:
         self._event.set()
-        self._event = anyio.Event()
 
     async def wait(self, timeout: float) -> None:
+        event = self._event
         with anyio.move_on_after(timeout):
-            await self._event.wait()
+            await event.wait()
+        if event.is_set() and self._event is event:  # consumed: later fires count anew
+            self._event = anyio.Event()
 
 
 class LeaseKeeper:
@@ -174,6 +181,8 @@ class LeaseKeeper:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watchdog)
                 if self.coordinator._recover_on_enter:
+                    with contextlib.suppress(StoreError):  # else at the first beat
+                        await self._plan_alarm()
                     tg.start_soon(self._alarm)
                 await self._beat()
         finally:
@@ -293,20 +302,24 @@ class LeaseKeeper:
     async def renew(self) -> None:
         """Renew the leases of our actors; stop those whose lease passed to another."""
         actors = dict(self.coordinator._actors)
+        epochs = {saga_id: actor.epoch for saga_id, actor in actors.items()}
         started = anyio.current_time()
         try:
-            held = await self.store.renew(
-                self.node,
-                {saga_id: actor.epoch for saga_id, actor in actors.items()},
-                lease=self.policy.duration,
-            )
+            held = await self.store.renew(self.node, epochs, lease=self.policy.duration)
         except StoreError:
             self.renew_failures += 1
             raise
         crashpoint("lease_renewed")
         self._renewed_at = started
         for saga_id, actor in actors.items():
-            if saga_id not in held and not actor.done:
+            if (
+                saga_id not in held
+                and not actor.done
+                # Not passivated (its lease given back) or taken again by us meanwhile (a
+                # newer epoch, which this renewal did not ask for) since the copy above.
+                and self.coordinator._actors.get(saga_id) is actor
+                and actor.epoch == epochs[saga_id]
+            ):
                 self.lose(actor, "its lease passed to another owner")
 
     def lose(self, actor: Actor, why: str) -> None:

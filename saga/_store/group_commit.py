@@ -113,3 +113,4 @@ class WriteQueue:
                 self.writes += len(batch)
                 for write in batch:
                     write.done.set()
+                del batch  # not kept (with its payloads) until the next write comes

@@ -15,6 +15,7 @@ from saga._store.port import (
     InstanceRecord,
     NewInstance,
     Reply,
+    SnapshotRecord,
     TaskRecord,
     Transition,
     Wake,
@@ -31,6 +32,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._instances: dict[str, InstanceRecord] = {}
         self._events: dict[str, list[EventRecord]] = {}
+        self._snapshots: dict[str, SnapshotRecord] = {}
         self._tasks: dict[str, TaskRecord] = {}
         self._inbox: dict[str, tuple[InboxRecord, str | None]] = {}  # insertion order
         self._subscribers = Subscribers()
@@ -89,11 +91,19 @@ class MemoryStore:
 
     def _apply(self, t: Transition) -> None:
         self._events[t.saga_id].extend(t.events)
+        if t.snapshot is not None:
+            self._snapshots[t.saga_id] = SnapshotRecord(
+                saga_id=t.saga_id,
+                sequence=t.expected_sequence + len(t.events),
+                data=t.snapshot,
+            )
         for task_id in t.done_tasks:
             self._tasks.pop(task_id, None)
         for task in t.new_tasks:
             self._tasks[task.task_id] = task
         self._answer(t.replies)
+        for message in t.messages:
+            self._inbox.setdefault(message.message_id, (message, None))
 
     async def instance(self, saga_id: str) -> InstanceRecord | None:
         await anyio.lowlevel.checkpoint()
@@ -103,6 +113,17 @@ class MemoryStore:
         await anyio.lowlevel.checkpoint()
         row = self._instances.get(saga_id)
         return None if row is None else (row, list(self._events[saga_id]))
+
+    async def load_recent(
+        self, saga_id: str
+    ) -> tuple[InstanceRecord, SnapshotRecord | None, Sequence[EventRecord]] | None:
+        await anyio.lowlevel.checkpoint()
+        row = self._instances.get(saga_id)
+        if row is None:
+            return None
+        snapshot = self._snapshots.get(saga_id)
+        after = 0 if snapshot is None else snapshot.sequence
+        return row, snapshot, self._events[saga_id][after:]  # event n is at index n - 1
 
     async def instances(
         self, *, statuses: Collection[str] | None = None, limit: int | None = None
@@ -175,6 +196,7 @@ class MemoryStore:
                     due is None
                     or (row.wake_at is not None and row.wake_at <= due)
                     or saga_id in messaged
+                    or (own and row.owner == owner)
                 )
             ):
                 taken.append(self._lease(row, owner, lease, now))

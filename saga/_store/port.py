@@ -18,6 +18,7 @@ __all__ = [
     "InstanceRecord",
     "NewInstance",
     "Reply",
+    "SnapshotRecord",
     "Store",
     "TaskRecord",
     "Transition",
@@ -38,6 +39,19 @@ class EventRecord:
     schema: int
     data: str
     recorded_at: float
+
+
+@attrs.frozen(kw_only=True)
+class SnapshotRecord:
+    """An instance's latest snapshot: its encoded state after event ``sequence``.
+
+    ``data`` is JSON text (see ``saga._core.snapshot``); a store keeps one per instance and
+    never looks inside.
+    """
+
+    saga_id: str
+    sequence: int
+    data: str
 
 
 @attrs.frozen(kw_only=True)
@@ -121,10 +135,16 @@ class Transition:
     ends_lease: bool = False
     #: Inbox messages this transition answers, atomically with it.
     replies: tuple[Reply, ...] = ()
+    #: Inbox messages this transition sends (a child saga's end, to its parent), atomically
+    #: with it; a message id sent before writes nothing (as ``send``).
+    messages: tuple[InboxRecord, ...] = ()
     #: The instance's wake-up time afterwards, on the coordinator's clock: the time its work
     #: is due (usually ``at``), or its earliest timer while it only waits; ``None`` while only
     #: a message can move it. ``claim`` takes an instance nobody holds once it is due.
     wake_at: float | None = None
+    #: The instance's state after this transition (at sequence ``expected_sequence +
+    #: len(events)``), encoded: written with it, replacing the instance's snapshot.
+    snapshot: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -160,7 +180,7 @@ class Store(Protocol):
         ...
 
     async def commit(self, transition: Transition) -> None:
-        """Append a transition. Durable when it returns.
+        """Append a transition (with its snapshot, if it carries one). Durable when it returns.
 
         Raises:
             FencedError: the instance's epoch is not ``transition.epoch``: its lease has
@@ -176,6 +196,14 @@ class Store(Protocol):
 
     async def load(self, saga_id: str) -> tuple[InstanceRecord, Sequence[EventRecord]] | None:
         """The instance's row and its events in sequence order, read as one snapshot."""
+        ...
+
+    async def load_recent(
+        self, saga_id: str
+    ) -> tuple[InstanceRecord, SnapshotRecord | None, Sequence[EventRecord]] | None:
+        """The instance's row, its latest snapshot (``None`` if it has none) and only the
+        events after the snapshot's sequence (all of them without one), in sequence order,
+        as one consistent read: the row, the snapshot and the events agree."""
         ...
 
     async def instances(
@@ -215,7 +243,10 @@ class Store(Protocol):
         a restarted coordinator taking back its own), taking the lowest ids first and only
         ids after ``after`` (a cursor: the last id a previous call returned). Given ``due``
         (the coordinator's clock), only instances that need a driver by then: ``wake_at``
-        at or before it, or an unanswered inbox message. One statement; rows another
+        at or before it, or an unanswered inbox message; with ``own``, also those ``owner``
+        holds whatever their wake-up time (nobody else could take them before their old
+        lease ends: a restarted node takes them back, to let them sleep unowned). One
+        statement; rows another
         claimer has locked are skipped, never waited for. Each taken row's epoch
         increments. Returns the rows taken, ordered by id in the store's own order (the
         one ``after`` is compared in).

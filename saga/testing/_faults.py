@@ -27,6 +27,7 @@ STORE_OPERATIONS = frozenset(
         "commit",
         "instance",
         "load",
+        "load_recent",
         "instances",
         "tasks",
         "acquire",

@@ -42,6 +42,9 @@ class CompensationPath:
         completed: the steps that complete before it, in order.
         compensations: the compensations that must run, in this exact order.
         times_out: the step is a signal wait, and it fails by timing out.
+        siblings: for a member of a parallel group, the other members: each may complete
+            (it ran alongside) or not (dropped before it began); those that completed must
+            be undone, in any order, before the steps before the group.
     """
 
     saga: SagaDefinition = attrs.field(repr=False)
@@ -50,6 +53,7 @@ class CompensationPath:
     completed: tuple[str, ...]
     compensations: tuple[str, ...]
     times_out: bool = False
+    siblings: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return f"{self.step}-times-out" if self.times_out else f"{self.step}-fails"
@@ -97,15 +101,48 @@ class CompensationPath:
         outcome = await handle.outcome()
         history = await handle.history()
         actual = (outcome.status, tuple(completed_steps(history)), tuple(compensations(history)))
-        if actual != (self.status, self.completed, self.compensations):
+        if not (actual[0] is self.status and self._fits(actual[1], actual[2])):
             raise AssertionError(
                 f"{self.saga.name} v{self.saga.version}, instance {saga_id!r}: "
                 f"when {self.step!r} fails\n"
-                f"  expected: {_show(self.status, self.completed, self.compensations)}\n"
+                f"  expected: {_show(self.status, self.completed, self.compensations)}"
+                + (
+                    f" (and any of [{', '.join(self.siblings)}] completed, then undone first)"
+                    if self.siblings
+                    else ""
+                )
+                + "\n"
                 f"  actual:   {_show(*actual)}"
                 + (f"\n  reason:   {outcome.reason}" if outcome.reason else "")
             )
         return outcome
+
+    def _fits(self, completed: tuple[str, ...], undone: tuple[str, ...]) -> bool:
+        """Whether the steps that completed and were undone are what the path allows."""
+        head, ran = completed[: len(self.completed)], completed[len(self.completed) :]
+        if self._norm(head) != self._norm(self.completed) or not set(ran) <= set(self.siblings):
+            return False
+        # Siblings that ran alongside are undone together, in any order, before the rest.
+        together = {s for s in ran if self.saga.step(s).compensation is not None}
+        return set(undone[: len(together)]) == together and self._norm(
+            undone[len(together) :]
+        ) == self._norm(self.compensations)
+
+    def _norm(self, names: Sequence[str]) -> tuple[str, ...]:
+        """``names`` with each run of one parallel group's members sorted: they complete,
+        and are undone, in any order among themselves."""
+
+        group = {s.name: s.group for s in self.saga.steps}.get
+        out: list[str] = []
+        i = 0
+        while i < len(names):
+            j = i + 1
+            if group(names[i]) is not None:
+                while j < len(names) and group(names[j]) == group(names[i]):
+                    j += 1
+            out.extend(sorted(names[i:j]))
+            i = j
+        return tuple(out)
 
 
 def _show(status: Status, completed: tuple[str, ...], undone: tuple[str, ...]) -> str:
@@ -139,6 +176,9 @@ def compensation_paths(saga: SagaDefinition) -> list[CompensationPath]:
         if step.wait is not None and not times_out:
             continue
         before = saga.steps[:index]
+        members = saga.group(step.name)
+        if members:  # the members before it in the group may or may not have run
+            before = saga.steps[: saga.index(members[0].name)]
         undone: tuple[str, ...] = ()
         if step.kind is StepKind.RETRIABLE:
             status = Status.FAILED
@@ -153,6 +193,7 @@ def compensation_paths(saga: SagaDefinition) -> list[CompensationPath]:
                 completed=tuple(s.name for s in before),
                 compensations=undone,
                 times_out=times_out,
+                siblings=tuple(m.name for m in members if m.name != step.name),
             )
         )
     return paths

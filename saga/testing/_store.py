@@ -11,6 +11,7 @@ from saga._store.port import (
     InstanceRecord,
     NewInstance,
     Reply,
+    SnapshotRecord,
     Store,
     TaskRecord,
     Transition,
@@ -69,6 +70,11 @@ class KitStore:
 
     async def load(self, saga_id: str) -> tuple[InstanceRecord, Sequence[EventRecord]] | None:
         return await self._call("load", lambda: self.inner.load(saga_id))
+
+    async def load_recent(
+        self, saga_id: str
+    ) -> tuple[InstanceRecord, SnapshotRecord | None, Sequence[EventRecord]] | None:
+        return await self._call("load_recent", lambda: self.inner.load_recent(saga_id))
 
     async def instances(
         self, *, statuses: Collection[str] | None = None, limit: int | None = None

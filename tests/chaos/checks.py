@@ -19,13 +19,19 @@ the saga: empty when all holds.
 * ``undo_violations``: in the outside world, the compensations ran on exactly the steps
   whose effect may have happened (an ``ok`` line of their action), in reverse order.
 * ``task_violations``: no work item outlives its saga.
+* ``wait_violations``: each waiting step (a durable sleep, a wait for a signal) was
+  scheduled once and ended at most once (exactly once if the saga went past it); a sleep
+  never ended before its ``run_after``, in the history or in the outside world (no side
+  effect of a later step before it, for ledger lines that say when they happened); a wait
+  ended by a signal took one that was received, once, with its payload as its result;
+  one ended by its timeout did so no earlier than its deadline; no signal received twice.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections import Counter, defaultdict
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,6 +247,109 @@ def compensation_violations(
     return []
 
 
+def wait_violations(
+    snap: Snapshot,
+    saga_id: str,
+    waits: Mapping[str, str],
+    lines: Iterable[dict[str, Any]] = (),
+) -> list[str]:
+    """The waiting steps of ``saga_id`` (``waits``: ``{step: "sleep" | "signal"}``) and
+    its signals, in its history; and, given its ledger ``lines`` that carry ``at`` (when the
+    side effect happened, on the coordinator's clock), that no later step ran during a
+    sleep. See the module docstring."""
+    out: list[str] = []
+    events = snap.events(saga_id)
+    received = Counter(e.message_id for e in events if isinstance(e, ev.SignalReceived))
+    taken = Counter(e.message_id for e in events if isinstance(e, ev.SignalConsumed))
+    for what, counts in (("received", received), ("taken", taken)):
+        out += [
+            f"{saga_id}: signal {message_id!r} {what} {n} times"
+            for message_id, n in sorted(counts.items())
+            if n > 1
+        ]
+    for step, kind in sorted(waits.items()):
+        out += _wait_violations(snap, saga_id, step, kind, list(lines))
+    return out
+
+
+#: The failures a waiting step may record: a cancel ended it; its signal did not come.
+WAIT_FAILURES = {"sleep": ("saga.Cancelled",), "signal": ("saga.Cancelled", "saga.SignalTimeout")}
+
+
+def _wait_violations(
+    snap: Snapshot, saga_id: str, step: str, kind: str, lines: list[dict[str, Any]]
+) -> list[str]:
+    where = f"{saga_id}: {kind} {step!r}"
+    records, events = snap.records.get(saga_id, []), snap.events(saga_id)
+    planned = [
+        i for i, e in enumerate(events) if isinstance(e, ev.StepScheduled) and e.step == step
+    ]
+    ended = [
+        i
+        for i, e in enumerate(events)
+        if isinstance(e, ev.StepCompleted | ev.StepFailed) and e.step == step
+    ]
+    if not planned:
+        return [f"{where} ended without being scheduled"] if ended else []
+    scheduled = events[planned[0]]
+    if len(planned) > 1 or scheduled.attempt != 1:
+        return [f"{where} scheduled {[events[i] for i in planned]}: a wait is never retried"]
+    if len(ended) > 1:
+        return [f"{where} ended {len(ended)} times: {[events[i] for i in ended]}"]
+    if not ended:
+        went_on = snap.rows[saga_id].status == "completed" or any(
+            isinstance(e, ev.StepScheduled) and e.step != step for e in events[planned[0] :]
+        )
+        return [f"{where} never ended, yet the saga went on past it"] if went_on else []
+    at = ended[0]
+    outcome, recorded_at, run_after = events[at], records[at].recorded_at, scheduled.run_after
+    if isinstance(outcome, ev.StepFailed):
+        if outcome.error.type not in WAIT_FAILURES[kind]:
+            return [f"{where} failed as no wait may: {outcome}"]
+        if outcome.error.type == "saga.SignalTimeout" and (
+            run_after is None or recorded_at < run_after
+        ):
+            return [f"{where} timed out at {recorded_at}, before its deadline {run_after}"]
+        return []
+    if kind == "sleep":
+        if run_after is None:
+            return [f"{where} was scheduled without its end (run_after)"]
+        out = []
+        if recorded_at < run_after:
+            out.append(
+                f"{where} completed at {recorded_at}, {run_after - recorded_at:.6f}s before "
+                f"its end {run_after}"
+            )
+        later = {e.step for e in events[at:] if isinstance(e, ev.StepScheduled)}
+        early = [
+            line
+            for line in lines
+            if line["phase"] == Phase.ACTION.value
+            and line["step"] in later
+            and line.get("at", run_after) < run_after
+        ]
+        if early:
+            out.append(f"{where} ends at {run_after}; a later step ran before: {early[0]}")
+        return out
+    # A signal wait completed: with the signal it took just before, or by its timeout.
+    consumed = [e for e in events[:at] if isinstance(e, ev.SignalConsumed) and e.step == step]
+    if not consumed:
+        if run_after is None or recorded_at < run_after:
+            return [f"{where} completed with no signal, before its timeout ({run_after})"]
+        return []
+    message_id = consumed[-1].message_id
+    signals = [
+        e for e in events[:at] if isinstance(e, ev.SignalReceived) and e.message_id == message_id
+    ]
+    if not signals:
+        return [f"{where} took signal {message_id!r}, never received before"]
+    if outcome.result != signals[0].payload:
+        return [
+            f"{where} completed with {outcome.result!r}, its signal said {signals[0].payload!r}"
+        ]
+    return []
+
+
 # -- the outside world --------------------------------------------------------------------
 
 
@@ -251,8 +360,13 @@ def by_saga(ledger: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
     return dict(grouped)
 
 
-def ledger_violations(snap: Snapshot, ledger: list[dict[str, Any]]) -> list[str]:
-    """Keys, commit before emit, and recorded outcomes against their side effects."""
+def ledger_violations(
+    snap: Snapshot,
+    ledger: list[dict[str, Any]],
+    waiting: Callable[[str], Collection[str]] = lambda _: (),
+) -> list[str]:
+    """Keys, commit before emit, and recorded outcomes against their side effects (but
+    of the steps ``waiting(saga_id)`` names: waits have no side effect)."""
     out: list[str] = []
     keys: dict[tuple[str, str, str], set[str]] = defaultdict(set)
     lines = by_saga(ledger)
@@ -264,13 +378,16 @@ def ledger_violations(snap: Snapshot, ledger: list[dict[str, Any]]) -> list[str]
             keys[(saga_id, line["step"], line["phase"])].add(line["idempotency_key"])
             if not snap.scheduled(line):
                 out.append(f"{saga_id}: a side effect of an attempt never scheduled: {line}")
-    for (saga_id, step, phase), seen in sorted(keys.items()):
-        if seen != {idempotency_key(saga_id, step, Phase(phase))}:
-            out.append(f"{saga_id}: {phase} of {step} ran with idempotency keys {sorted(seen)}")
+    for (saga_id, step, phase_name), seen in sorted(keys.items()):
+        if seen != {idempotency_key(saga_id, step, Phase(phase_name))}:
+            out.append(
+                f"{saga_id}: {phase_name} of {step} ran with idempotency keys {sorted(seen)}"
+            )
     for saga_id in sorted(snap.rows):
         effects = {(attempt_of(line), line["outcome"]) for line in lines.get(saga_id, [])}
+        waits = waiting(saga_id)
         for e in snap.events(saga_id):
-            if not isinstance(e, OUTCOME_EVENTS):
+            if not isinstance(e, OUTCOME_EVENTS) or e.step in waits:
                 continue
             phase = Phase.ACTION if isinstance(e, OUTCOMES[Phase.ACTION]) else Phase.COMPENSATION
             if isinstance(e, ev.StepFailed | ev.CompensationFailed) and e.error.type == ABORTED:
@@ -334,18 +451,22 @@ def all_violations(
     compensable: Callable[[str], Collection[str]],
     *,
     interleaved: bool = False,
+    waiting: Callable[[str], Mapping[str, str]] = lambda _: {},
 ) -> list[str]:
     """Every check above, on every saga of ``snap``; a saga that cannot even be checked
-    (an undecodable event) is a violation too."""
+    (an undecodable event) is a violation too. ``waiting(saga_id)``: its waiting steps
+    (see ``wait_violations``)."""
     out: list[str] = []
+    lines = by_saga(ledger)
     for saga_id in sorted(snap.rows):
         try:
             out += history_violations(snap, saga_id)
             out += compensation_violations(snap, saga_id, compensable(saga_id))
+            out += wait_violations(snap, saga_id, waiting(saga_id), lines.get(saga_id, []))
         except Exception as exc:
             out.append(f"{saga_id}: cannot be checked: {type(exc).__name__}: {exc}")
     try:
-        out += ledger_violations(snap, ledger)
+        out += ledger_violations(snap, ledger, waiting)
         out += undo_violations(snap, ledger, compensable, interleaved=interleaved)
     except Exception as exc:
         out.append(f"the ledger cannot be checked: {type(exc).__name__}: {exc}")

@@ -25,7 +25,11 @@ until every saga is terminal, and checks the store and the ledger: every saga te
 as its plan says; every acknowledged start there; histories gap-free, no transition
 twice, replay equal to the row; compensations of exactly the steps whose effect may have
 happened, in reverse order; one idempotency key per (saga, step, phase); every recorded
-outcome as the plan says and with its side effect in the ledger (``tests.chaos.checks``).
+outcome as the plan says and with its side effect in the ledger; every sleep and signal
+wait scheduled once and ended at most once, a sleep never before its ``run_after`` (nor a
+later step's side effect), a signal wait with the one signal the workload sends (sent
+twice with one message id, it is received once) or with its timeout's result, not before
+the deadline (``tests.chaos.checks``).
 
 It prints one JSON object (``--json``) or a summary, and exits 1 if anything did not
 hold, printing the seed and the command that replays the run. The seed fixes every
@@ -52,6 +56,7 @@ from typing import Any
 
 import anyio
 
+from saga._core import events as ev
 from saga._crashpoints import ENV_LOG, ENV_POINTS, ENV_SEED, POINTS
 from tests.chaos import workload
 from tests.chaos.checks import (
@@ -121,6 +126,8 @@ class Chaos:
     unrecorded: int = 0  # side effects without a recorded outcome, at a kill
     violations: list[str] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)
+    #: Sleeps completed, signals taken and sent... (see ``wait_counts``).
+    waits: dict[str, int] = field(default_factory=dict)
     #: One line per round: what it aimed at, how it ended, how long it ran.
     history: list[str] = field(default_factory=list)
 
@@ -131,6 +138,14 @@ class Chaos:
     @property
     def acked(self) -> Path:
         return self.workdir / "acked.txt"
+
+    @property
+    def signalled(self) -> Path:
+        return self.workdir / "signalled.txt"
+
+    @property
+    def refused(self) -> Path:
+        return self.workdir / "signal-refused.txt"
 
     @property
     def log(self) -> Path:
@@ -329,9 +344,23 @@ class Chaos:
                     f"{r.saga_id} ({r.status} at {r.sequence}, epoch {r.epoch})" for r in active[:5]
                 )
             )
+        refused = {line.partition(":")[0] for line in read_lines(self.refused)}
         for saga_id in sorted(set(ids) & set(snap.rows)):
             out.extend(plan_violations(snap, saga_id, self.seed))
-        out.extend(all_violations(snap, ledger, lambda _: workload.COMPENSATED))
+            out.extend(signal_violations(snap, saga_id, self.seed, refused=saga_id in refused))
+        out.extend(
+            all_violations(
+                snap,
+                ledger,
+                lambda _: workload.COMPENSATED,
+                waiting=lambda saga_id: workload.waits(workload.plan(saga_id, self.seed)),
+            )
+        )
+        self.waits = wait_counts(snap)
+        self.waits["signals_sent"] = len(read_lines(self.signalled))
+        self.waits["signals_refused"] = len(refused)
+        if not (self.waits["sleeps_completed"] and self.waits["signals_taken"]):
+            out.append(f"the campaign exercised no sleep or no signal wait: {self.waits}")
 
     def run(self) -> None:
         rng = random.Random(self.seed)
@@ -352,8 +381,10 @@ def plan_violations(snap: Snapshot, saga_id: str, seed: int) -> list[str]:
     row, events = snap.rows[saga_id], snap.events(saga_id)
     p = workload.plan(saga_id, seed)
     out = []
-    if (row.saga, row.version) != (workload.definition_name(p["steps"]), 1):
-        out.append(f"{saga_id}: is {row.saga} v{row.version}, planned with {p['steps']} steps")
+    if (row.saga, row.version) != (workload.definition_name(p), 1):
+        out.append(
+            f"{saga_id}: is {row.saga} v{row.version}, planned as {workload.definition_name(p)}"
+        )
     if json.loads(row.input) != p:
         out.append(f"{saga_id}: its input is not its plan: {row.input}")
     expected = workload.expected_status(p)
@@ -366,9 +397,10 @@ def plan_violations(snap: Snapshot, saga_id: str, seed: int) -> list[str]:
         "CompensationCompleted": ("compensation", "ok"),
         "CompensationFailed": ("compensation", "error"),
     }
+    waits = workload.waits(p)
     for e in events:
         kind = outcome_events.get(type(e).__name__)
-        if kind is None:
+        if kind is None or e.step in waits:  # waits: see signal_violations, wait_violations
             continue
         phase, outcome = kind
         planned = workload.attempt_outcome(p, phase, e.step, e.attempt)
@@ -385,6 +417,64 @@ def plan_violations(snap: Snapshot, saga_id: str, seed: int) -> list[str]:
                 f"{workload.expected_failures(p, phase, step)}"
             )
     return out
+
+
+def signal_violations(snap: Snapshot, saga_id: str, seed: int, *, refused: bool) -> list[str]:
+    """The saga's signal wait ended as its plan allows: with the one signal the workload
+    sends (its payload as the result), or, with a timeout, perhaps with the timeout's
+    result; and a send was refused only by a saga that had ended without taking it."""
+    p = workload.plan(saga_id, seed)
+    events = snap.events(saga_id)
+    out = []
+    got = [e for e in events if isinstance(e, ev.SignalReceived)]
+    for e in got:
+        if (e.name, e.message_id, e.payload) != (
+            workload.SIGNAL,
+            workload.signal_id(saga_id),
+            workload.signal_payload(saga_id),
+        ):
+            out.append(f"{saga_id}: received a signal the workload never sent: {e}")
+    if p["signal"] is None:
+        if got:
+            out.append(f"{saga_id}: received {got}, but its plan has no signal")
+        return out
+    ended = [
+        e
+        for e in events
+        if isinstance(e, ev.StepCompleted | ev.StepFailed) and e.step == workload.SIGNAL_STEP
+    ]
+    allowed = [workload.signal_payload(saga_id)]
+    if p["signal"]["timeout"]:
+        allowed.append(workload.TIMEOUT_RESULT)
+    results = [outcome.result for outcome in ended if isinstance(outcome, ev.StepCompleted)]
+    if len(results) != len(ended) or any(result not in allowed for result in results):
+        out.append(f"{saga_id}: its signal wait ended with {ended}, expected one of {allowed}")
+    if refused:  # only a saga that ended without taking it refuses it (not a repeat)
+        row = snap.rows[saga_id]
+        if row.status not in TERMINAL_STATUSES or got:
+            out.append(f"{saga_id}: a signal was refused, yet it is {row.status} and got {got}")
+        elif row.status == "completed" and results != [workload.TIMEOUT_RESULT]:
+            out.append(f"{saga_id}: completed, yet its signal was refused: {ended}")
+    return out
+
+
+def wait_counts(snap: Snapshot) -> dict[str, int]:
+    """How many sleeps completed, signals were taken and signal waits timed out."""
+    counts: Counter[str] = Counter()
+    for saga_id in snap.rows:
+        events = snap.events(saga_id)
+        for e in events:
+            if isinstance(e, ev.StepCompleted) and e.step == workload.SLEEP_STEP:
+                counts["sleeps_completed"] += 1
+            elif isinstance(e, ev.SignalConsumed):
+                counts["signals_taken"] += 1
+            elif (
+                isinstance(e, ev.StepCompleted)
+                and e.step == workload.SIGNAL_STEP
+                and e.result == workload.TIMEOUT_RESULT
+            ):
+                counts["signal_timeouts"] += 1
+    return {k: counts[k] for k in ("sleeps_completed", "signals_taken", "signal_timeouts")}
 
 
 def _some(items: list[str], shown: int = 8) -> str:
@@ -477,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "sagas": sum(chaos.statuses.values()),
         "statuses": dict(sorted(chaos.statuses.items())),
+        "waits": chaos.waits,
         "violations": chaos.violations,
         "rounds_log": chaos.history,
         "seconds": round(seconds, 2),

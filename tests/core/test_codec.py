@@ -122,7 +122,11 @@ errors = st.builds(ErrorInfo, texts, texts)
 
 EVENTS: dict[type[Any], st.SearchStrategy[Any]] = {
     ev.SagaStarted: st.builds(
-        ev.SagaStarted, saga=texts, version=st.integers(1, 99), input=json_values
+        ev.SagaStarted,
+        saga=texts,
+        version=st.integers(1, 99),
+        input=json_values,
+        parent=st.none() | st.builds(ev.ParentRef, saga_id=texts, step=texts),
     ),
     ev.StepScheduled: st.builds(ev.StepScheduled, step=texts, attempt=attempts, run_after=times),
     ev.StepCompleted: st.builds(ev.StepCompleted, step=texts, attempt=attempts, result=json_values),
@@ -133,6 +137,8 @@ EVENTS: dict[type[Any], st.SearchStrategy[Any]] = {
         ev.SignalReceived, name=texts, payload=json_values, message_id=texts
     ),
     ev.SignalConsumed: st.builds(ev.SignalConsumed, step=texts, message_id=texts),
+    ev.ChildCancelRequested: st.builds(ev.ChildCancelRequested, step=texts, child_id=texts),
+    ev.ChildCancelDelivered: st.builds(ev.ChildCancelDelivered, child_id=texts),
     ev.CancelRequested: st.builds(ev.CancelRequested, reason=texts),
     ev.CompensationTriggered: st.builds(
         ev.CompensationTriggered, reason=texts, cancelled=st.booleans()
@@ -175,13 +181,24 @@ def test_every_event_survives_encoding(event: Any) -> None:
     assert encode_event(decoded) == (type_name, schema, data)
 
 
+def test_a_saga_started_before_parents_existed_has_none() -> None:
+    old = '{"input":{"a":[1],"b":1},"saga":"checkout","version":2}'  # schema 1
+    assert decode_event("SagaStarted", 1, old) == ev.SagaStarted(
+        saga="checkout", version=2, input={"b": 1, "a": [1]}, parent=None
+    )
+    child = ev.SagaStarted(
+        saga="ship", version=1, input=None, parent=ev.ParentRef(saga_id="o-1", step="ship")
+    )
+    assert encode_event(child) == (
+        "SagaStarted",
+        2,
+        '{"input":null,"parent":{"saga_id":"o-1","step":"ship"},"saga":"ship","version":1}',
+    )
+
+
 @pytest.mark.parametrize(
     ("event", "data"),
     [
-        (
-            ev.SagaStarted(saga="checkout", version=2, input={"b": 1, "a": [1]}),
-            '{"input":{"a":[1],"b":1},"saga":"checkout","version":2}',
-        ),
         (ev.StepScheduled(step="a", attempt=1), '{"attempt":1,"run_after":null,"step":"a"}'),
         (
             ev.StepFailed(step="a", attempt=2, error=ErrorInfo("E", "m"), will_retry=True),
@@ -195,6 +212,13 @@ def test_the_stored_form_is_stable(event: Any, data: str) -> None:
     # The stored form is the on-disk format: changing it needs a schema bump and an upcaster.
     assert encode_event(event) == (type(event).__name__, 1, data)
     assert decode_event(type(event).__name__, 1, data) == event
+
+
+def test_the_stored_form_of_a_start_is_stable() -> None:
+    event = ev.SagaStarted(saga="checkout", version=2, input={"b": 1, "a": [1]})
+    data = '{"input":{"a":[1],"b":1},"parent":null,"saga":"checkout","version":2}'
+    assert encode_event(event) == ("SagaStarted", 2, data)
+    assert decode_event("SagaStarted", 2, data) == event
 
 
 # -- refused histories -----------------------------------------------------------------

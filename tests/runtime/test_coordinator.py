@@ -268,7 +268,12 @@ async def test_start_conflicts_are_typed_and_write_nothing(store: Any) -> None:
         await coordinator.handle("t1").outcome()
     records = await history(store, "t1")
     # Compared decoded: a store may keep JSON as JSONB and hand back equivalent text.
-    assert json.loads(records[0].data) == {"input": {"n": 1}, "saga": "trip", "version": 1}
+    assert json.loads(records[0].data) == {
+        "input": {"n": 1},
+        "parent": None,
+        "saga": "trip",
+        "version": 1,
+    }
     assert len(await store.instances()) == 1
 
 

@@ -175,7 +175,13 @@ async def test_a_fault_can_target_one_instance(kit: SagaTestKit) -> None:
         (lambda f: f.commit_outcome_unknown(times=2), 2),
         (lambda f: f.store_conflict(times=2), 2),
         # The rebuild after the crash cannot read its history at first.
-        (lambda f: (f.crash_after("hotel"), f.store_unavailable(["load", "instance"], times=2)), 2),
+        (
+            lambda f: (
+                f.crash_after("hotel"),
+                f.store_unavailable(["load_recent", "instance"], times=2),
+            ),
+            2,
+        ),
     ],
     ids=["unavailable", "outcome-unknown", "conflict", "rebuild-reads-unavailable"],
 )

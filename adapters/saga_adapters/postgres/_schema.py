@@ -83,6 +83,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX saga_instances_wake ON {schema}.saga_instances (status, wake_at);
     CREATE INDEX saga_inbox_pending_saga ON {schema}.saga_inbox (saga_id) WHERE reply IS NULL;
     """,
+    # 3: each instance's latest snapshot, so that a rebuild reads only the events after it.
+    """
+    CREATE TABLE {schema}.saga_snapshots (
+        saga_id     text PRIMARY KEY,
+        sequence    bigint NOT NULL,
+        data        jsonb NOT NULL
+    );
+    """,
 )
 
 VERSION = len(MIGRATIONS)

@@ -30,6 +30,7 @@ class Statements:
         s = _schema.quoted(schema)
         instances, events = f"{s}.saga_instances", f"{s}.saga_events"
         tasks, inbox = f"{s}.saga_tasks", f"{s}.saga_inbox"
+        snapshots = f"{s}.saga_snapshots"
         free = f"(owner IS NULL OR lease_until <= {NOW} OR owner = $%d)"
 
         # -- reads --
@@ -43,6 +44,16 @@ class Statements:
             f"  SELECT ROW(e.sequence, e.type, e.schema, e.data, e.recorded_at) FROM {events} e"
             "   WHERE e.saga_id = i.saga_id ORDER BY e.sequence"
             f") FROM {instances} i WHERE i.saga_id = $1"
+        )
+        # Also one statement: the row, its snapshot and the events after it.
+        self.load_recent = (
+            f"SELECT {', '.join('i.' + c for c in INSTANCE_COLUMNS.split(', '))}, "
+            "s.sequence, s.data, ARRAY("
+            f"  SELECT ROW(e.sequence, e.type, e.schema, e.data, e.recorded_at) FROM {events} e"
+            "   WHERE e.saga_id = i.saga_id AND e.sequence > coalesce(s.sequence, 0)"
+            "   ORDER BY e.sequence"
+            f") FROM {instances} i LEFT JOIN {snapshots} s ON s.saga_id = i.saga_id "
+            "WHERE i.saga_id = $1"
         )
         self.instances_all = f"SELECT {INSTANCE_COLUMNS} FROM {instances} ORDER BY saga_id LIMIT $1"
         self.instances_in = (
@@ -84,6 +95,14 @@ class Statements:
             "SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::integer[], "
             "  $5::jsonb[], $6::double precision[])"
         )
+        # The latest wins: an accepted commit is always the instance's newest (the caller
+        # gives each instance once).
+        self.snapshot = (
+            f"INSERT INTO {snapshots} (saga_id, sequence, data) "
+            "SELECT * FROM unnest($1::text[], $2::bigint[], $3::jsonb[]) "
+            "ON CONFLICT (saga_id) DO UPDATE SET sequence = excluded.sequence, "
+            "  data = excluded.data"
+        )
         self.finish_tasks = (
             f"DELETE FROM {tasks} WHERE (saga_id, task_id) IN "
             "(SELECT * FROM unnest($1::text[], $2::text[]))"
@@ -123,7 +142,7 @@ class Statements:
             "   AND (saga, version) IN (SELECT * FROM unnest($3::text[], $4::integer[]))"
             f"  AND {free % 5}"
             "   AND ($7::text IS NULL OR saga_id > $7::text)"
-            "   AND ($8::double precision IS NULL OR wake_at <= $8 OR EXISTS ("
+            "   AND ($8::double precision IS NULL OR wake_at <= $8 OR owner = $5 OR EXISTS ("
             f"    SELECT 1 FROM {inbox} b WHERE b.saga_id = {instances}.saga_id"
             "     AND b.reply IS NULL))"
             "   ORDER BY saga_id LIMIT $6 FOR UPDATE SKIP LOCKED"
@@ -157,6 +176,16 @@ class Statements:
             f"  INSERT INTO {inbox} (message_id, saga_id, sender, body, created_at)"
             "   VALUES ($1, $2, $3, $4::jsonb, $5) ON CONFLICT (message_id) DO NOTHING"
             "   RETURNING saga_id"
+            ") SELECT pg_notify($6, 'inbox:' || i.owner) "
+            f"FROM sent JOIN {instances} i ON i.saga_id = sent.saga_id WHERE i.owner IS NOT NULL"
+        )
+        # Messages a transition sends (a child's end, to its parent), with their wake-ups.
+        self.send_many = (
+            "WITH sent AS ("
+            f"  INSERT INTO {inbox} (message_id, saga_id, sender, body, created_at)"
+            "   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[],"
+            "    $5::double precision[])"
+            "   ON CONFLICT (message_id) DO NOTHING RETURNING saga_id"
             ") SELECT pg_notify($6, 'inbox:' || i.owner) "
             f"FROM sent JOIN {instances} i ON i.saga_id = sent.saga_id WHERE i.owner IS NOT NULL"
         )

@@ -35,6 +35,7 @@ from saga._store.port import (
     InstanceRecord,
     NewInstance,
     Reply,
+    SnapshotRecord,
     TaskRecord,
     Transition,
     Wake,
@@ -481,6 +482,20 @@ class PostgresStore:
                 [e.data for e in events],
                 [e.recorded_at for e in events],
             )
+        # One row per instance: its newest (one statement may not touch a row twice).
+        snapshots: dict[str, tuple[int, str]] = {}
+        for t in accepted:
+            if t.snapshot is not None:
+                sequence = t.expected_sequence + len(t.events)
+                if sequence > snapshots.get(t.saga_id, (-1, ""))[0]:
+                    snapshots[t.saga_id] = (sequence, t.snapshot)
+        if snapshots:
+            await conn.execute(
+                sql.snapshot,
+                list(snapshots),
+                [sequence for sequence, _ in snapshots.values()],
+                [data for _, data in snapshots.values()],
+            )
         done = [(t.saga_id, task_id) for t in accepted for task_id in t.done_tasks]
         if done:
             await conn.execute(sql.finish_tasks, [d[0] for d in done], [d[1] for d in done])
@@ -497,6 +512,17 @@ class PostgresStore:
                 [k.step for k in tasks],
                 [k.attempt for k in tasks],
                 [k.run_after for k in tasks],
+            )
+        messages = [m for t in accepted for m in t.messages]
+        if messages:
+            await conn.execute(
+                self._sql.send_many,
+                [m.message_id for m in messages],
+                [m.saga_id for m in messages],
+                [m.sender for m in messages],
+                [m.body for m in messages],
+                [m.created_at for m in messages],
+                self._channel,
             )
         replies = [reply for t in accepted for reply in t.replies]
         if replies:
@@ -523,6 +549,23 @@ class PostgresStore:
             for s, t, v, d, at in row[12]
         ]
         return _instance(row), events
+
+    async def load_recent(
+        self, saga_id: str
+    ) -> tuple[InstanceRecord, SnapshotRecord | None, Sequence[EventRecord]] | None:
+        row = await self._fetchrow(self._sql.load_recent, saga_id)
+        if row is None:
+            return None
+        snapshot = (
+            None
+            if row[12] is None
+            else SnapshotRecord(saga_id=saga_id, sequence=row[12], data=row[13])
+        )
+        events = [
+            EventRecord(saga_id=saga_id, sequence=s, type=t, schema=v, data=d, recorded_at=at)
+            for s, t, v, d, at in row[14]
+        ]
+        return _instance(row), snapshot, events
 
     async def instances(
         self, *, statuses: Collection[str] | None = None, limit: int | None = None

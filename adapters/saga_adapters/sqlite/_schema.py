@@ -65,6 +65,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX saga_instances_wake ON saga_instances (status, wake_at);
     CREATE INDEX saga_inbox_pending ON saga_inbox (saga_id) WHERE reply IS NULL;
     """,
+    # 4: each instance's latest snapshot, so that a rebuild reads only the events after it.
+    # A rowid table: a snapshot may be large, and WITHOUT ROWID suits small rows.
+    """
+    CREATE TABLE saga_snapshots (
+        saga_id     TEXT PRIMARY KEY,
+        sequence    INTEGER NOT NULL,
+        data        TEXT NOT NULL
+    );
+    """,
 )
 
 VERSION = len(MIGRATIONS)

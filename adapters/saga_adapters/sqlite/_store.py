@@ -28,6 +28,7 @@ from saga._store.port import (
     InstanceRecord,
     NewInstance,
     Reply,
+    SnapshotRecord,
     TaskRecord,
     Transition,
     Wake,
@@ -53,7 +54,7 @@ _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 _FREE = f"(owner IS NULL OR lease_until <= {_NOW} OR owner = ?)"
 #: Needs a driver by ``?`` (twice; NULL: whenever): due by its wake-up time, or messaged.
 _DUE = (
-    "(? IS NULL OR wake_at <= ? OR EXISTS (SELECT 1 FROM saga_inbox b"
+    "(? IS NULL OR wake_at <= ? OR owner = ? OR EXISTS (SELECT 1 FROM saga_inbox b"
     " WHERE b.saga_id = saga_instances.saga_id AND b.reply IS NULL))"
 )
 
@@ -359,6 +360,19 @@ class SQLiteStore:
                 for e in t.events
             ],
         )
+        snapshots = [
+            (t.saga_id, t.expected_sequence + len(t.events), t.snapshot)
+            for t in accepted
+            if t.snapshot is not None
+        ]
+        if snapshots:
+            # The latest wins: an accepted commit is always the instance's newest.
+            db.executemany(
+                "INSERT INTO saga_snapshots (saga_id, sequence, data) VALUES (?, ?, ?) "
+                "ON CONFLICT (saga_id) DO UPDATE SET sequence = excluded.sequence, "
+                "data = excluded.data",
+                snapshots,
+            )
         done = [(task_id,) for t in accepted for task_id in t.done_tasks]
         if done:
             db.executemany("DELETE FROM saga_tasks WHERE task_id = ?", done)
@@ -372,6 +386,13 @@ class SQLiteStore:
                 "INSERT OR REPLACE INTO saga_tasks (task_id, saga_id, kind, step, attempt, "
                 "run_after) VALUES (?, ?, ?, ?, ?, ?)",
                 new,
+            )
+        messages = [m for t in accepted for m in t.messages]
+        if messages:
+            db.executemany(
+                "INSERT INTO saga_inbox (message_id, saga_id, sender, body, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING",
+                [(m.message_id, m.saga_id, m.sender, m.body, m.created_at) for m in messages],
             )
         replies = [reply for t in accepted for reply in t.replies]
         return _answer(db, replies) if replies else []
@@ -411,6 +432,43 @@ class SQLiteStore:
                 for s, t, v, d, at in rows
             ]
             return _instance(row), events
+
+        return await self._read(read)
+
+    async def load_recent(
+        self, saga_id: str
+    ) -> tuple[InstanceRecord, SnapshotRecord | None, Sequence[EventRecord]] | None:
+        def read(
+            db: sqlite3.Connection,
+        ) -> tuple[InstanceRecord, SnapshotRecord | None, list[EventRecord]] | None:
+            db.execute("BEGIN")  # one read transaction, as in load
+            try:
+                row = db.execute(
+                    f"SELECT {_INSTANCE_COLUMNS} FROM saga_instances WHERE saga_id = ?",
+                    (saga_id,),
+                ).fetchone()
+                if row is None:
+                    return None
+                found = db.execute(
+                    "SELECT sequence, data FROM saga_snapshots WHERE saga_id = ?", (saga_id,)
+                ).fetchone()
+                rows = db.execute(
+                    "SELECT sequence, type, schema, data, recorded_at FROM saga_events "
+                    "WHERE saga_id = ? AND sequence > ? ORDER BY sequence",
+                    (saga_id, 0 if found is None else found[0]),
+                ).fetchall()
+            finally:
+                db.execute("COMMIT")
+            snapshot = (
+                None
+                if found is None
+                else SnapshotRecord(saga_id=saga_id, sequence=found[0], data=found[1])
+            )
+            events = [
+                EventRecord(saga_id=saga_id, sequence=s, type=t, schema=v, data=d, recorded_at=at)
+                for s, t, v, d, at in rows
+            ]
+            return _instance(row), snapshot, events
 
         return await self._read(read)
 
@@ -520,6 +578,7 @@ class SQLiteStore:
                     after,
                     due,
                     due,
+                    owner if own else None,
                     limit,
                 ),
             ).fetchall()
