@@ -32,6 +32,34 @@ def test_order_checkout_example() -> None:
     assert "CompensationScheduled(step='reserve_stock'" in out
 
 
+def test_approval_example() -> None:
+    done = subprocess.run(
+        [sys.executable, "examples/approval.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    # Approved: paid; rejected and timed out: the reservation released; withdrawn: cancelled.
+    statuses = re.findall(r"^(exp-\d): (\w+)$", out, re.MULTILINE)
+    assert statuses == [
+        ("exp-1", "completed"),
+        ("exp-2", "compensated"),
+        ("exp-3", "compensated"),
+        ("exp-4", "cancelled"),
+    ], out
+    assert "[exp-1] paying 120 EUR to ana" in out
+    assert "rejected by mia: over the travel limit" in out
+    assert "saga.SignalTimeout: no signal 'decision'" in out
+    assert "reason: withdrawn by the employee" in out
+    for released in ("exp-2", "exp-3", "exp-4"):
+        assert f"[{released}] releasing reservation R-{released}" in out
+    assert "[exp-1] releasing" not in out
+
+
 async def _postgres_url(schema: str) -> str:
     """The test server's DSN with ``schema`` (skips if it is unreachable)."""
     from tests.fencing.cluster import postgres_admin, with_query
