@@ -302,6 +302,20 @@ class Actor:
         finally:
             self._runners -= 1
 
+    def _context(
+        self, state: SagaState, step: str, phase: Phase, attempt: int, key: str
+    ) -> StepContext:
+        return StepContext(
+            saga_id=self.saga_id,
+            saga=self.definition.name,
+            step=step,
+            phase=phase,
+            attempt=attempt,
+            idempotency_key=key,
+            input=state.input,
+            results=dict(state.results),
+        )
+
     async def _start_child(self, effect: StartChild) -> msg.Message | None:
         state = self.state
         assert state is not None
@@ -315,15 +329,12 @@ class Actor:
         step = self.definition.step(effect.step)
         child = step.wait
         assert isinstance(child, ChildSaga)
-        ctx = StepContext(
-            saga_id=self.saga_id,
-            saga=self.definition.name,
-            step=step.name,
-            phase=Phase.ACTION,
-            attempt=effect.attempt,
-            idempotency_key=idempotency_key(self.saga_id, step.name, Phase.ACTION),
-            input=state.input,
-            results=dict(state.results),
+        ctx = self._context(
+            state,
+            step.name,
+            Phase.ACTION,
+            effect.attempt,
+            idempotency_key(self.saga_id, step.name, Phase.ACTION),
         )
         try:
             child_input = state.input if child.input is None else child.input(ctx)
@@ -409,16 +420,7 @@ class Actor:
         fn = step.compensation if compensating else step.action
         policy = step.compensation_retry if compensating else step.action_policy
         assert fn is not None
-        ctx = StepContext(
-            saga_id=self.saga_id,
-            saga=self.definition.name,
-            step=step.name,
-            phase=effect.phase,
-            attempt=effect.attempt,
-            idempotency_key=effect.idempotency_key,
-            input=state.input,
-            results=dict(state.results),
-        )
+        ctx = self._context(state, step.name, effect.phase, effect.attempt, effect.idempotency_key)
         hook = self.coordinator.step_hook
         if hook is not None:
             fn = hook.wrap(self.definition, step, ctx, fn)
