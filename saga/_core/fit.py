@@ -24,6 +24,10 @@ breaks one is reported:
    past it).
 8. ``failed forward``: when the history failed the saga because a step failed for good,
    that step is retriable in the definition (the definition compensates after any other).
+9. ``wait kind``: a step that took a signal in the history waits for that signal in the
+   definition; a step whose child the history asked to cancel starts a child saga in the
+   definition. (A sleep turned into an action, or back, leaves no such trace: ship it as
+   a new version.)
 
 Not checked, because the history recorded the outcome instead of leaving it to be
 re-decided: retry policies (whether a failure was retried, how many attempts, when),
@@ -46,7 +50,7 @@ from collections.abc import Iterable, Sequence
 import attrs
 
 from saga._core import events as ev
-from saga._core.definition import SagaDefinition, Step, StepKind
+from saga._core.definition import ChildSaga, SagaDefinition, Sleep, Step, StepKind, WaitForSignal
 from saga.errors import NonDeterminismError
 
 __all__ = ["Divergence", "Rule", "check_fits", "divergence"]
@@ -63,6 +67,7 @@ class Rule(enum.Enum):
     COMPENSATED_PAST_PIVOT = "compensated past the pivot"
     CANCELLED_PAST_PIVOT = "cancelled past the pivot"
     FAILED_FORWARD = "failed forward"
+    WAIT_KIND = "wait kind"
 
 
 @attrs.frozen(kw_only=True)
@@ -160,6 +165,19 @@ def _column(names: Sequence[str], index: int, prefix: str = "") -> int:
     return sum(len(prefix) + len(name) + 2 for name in names[:index])
 
 
+def _waiting(step: Step) -> str:
+    match step.wait:
+        case None:
+            return "a step with an action"
+        case Sleep():
+            return "a sleep"
+        case WaitForSignal(signal=signal):
+            return f"a wait for signal {signal!r}"
+        case ChildSaga(saga=saga):
+            return f"a wait for child saga {saga!r}"
+    return repr(step.wait)  # pragma: no cover
+
+
 def _kind(step: Step) -> str:
     return "a pivot step" if step.kind is StepKind.PIVOT else f"a {step.kind.value} step"
 
@@ -175,6 +193,7 @@ class _Walk:
         self.running: list[str] = []  # forward attempts scheduled and not reported
         self.undone: list[str] = []  # steps whose compensation was scheduled, in order
         self.failed: str | None = None  # the step the previous event failed for good
+        self.signals: dict[str, str] = {}  # signal name by message id
 
     def visit(self, sequence: int, event: ev.Event) -> Divergence | None:
         failed, self.failed = self.failed, None
@@ -202,6 +221,18 @@ class _Walk:
                 return self._known(sequence, name, step) or self._undoable(sequence, name, step)
             case ev.SagaFailed() if failed is not None:
                 return self._failed(sequence, failed)
+            case ev.SignalReceived(name=name, message_id=message_id):
+                self.signals[message_id] = name
+            case ev.SignalConsumed(step=step, message_id=message_id):
+                name = self.signals.get(message_id, "?")
+                wanted = WaitForSignal(name)
+                return self._known(sequence, "SignalConsumed", step) or self._waits(
+                    sequence, "SignalConsumed", step, wanted, f"took signal {name!r}"
+                )
+            case ev.ChildCancelRequested(step=step):
+                return self._known(sequence, "ChildCancelRequested", step) or self._waits(
+                    sequence, "ChildCancelRequested", step, None, "cancelled its child"
+                )
         return None
 
     # -- the rules -------------------------------------------------------------------------
@@ -376,6 +407,27 @@ class _Walk:
             expected=_names(self._plan(), "undo "),
             actual=_names(undone, "undo "),
             column=_column(undone, n, "undo "),
+        )
+
+    def _waits(
+        self, sequence: int, event: str, name: str, signal: WaitForSignal | None, did: str
+    ) -> Divergence | None:
+        """Rule 9: the step waits as the history shows (for ``signal``, or for a child)."""
+        step = self.steps[name]
+        wait = step.wait
+        if signal is None and isinstance(wait, ChildSaga):
+            return None
+        if signal is not None and isinstance(wait, WaitForSignal) and wait.signal == signal.signal:
+            return None
+        return Divergence(
+            sequence=sequence,
+            event=event,
+            step=name,
+            rule=Rule.WAIT_KIND,
+            reason=f"the history's step {name!r} {did}, but the definition makes it "
+            f"{_waiting(step)}",
+            expected=f"{name}: {_waiting(step)}",
+            actual=f"{name}: {did}",
         )
 
     # -- helpers ---------------------------------------------------------------------------
