@@ -9,6 +9,7 @@ from saga._core.context import StepContext
 from saga._core.decide import idempotency_key
 from saga._core.definition import (
     ChildSaga,
+    ContinueAsNew,
     OnTimeout,
     Parallel,
     ParentClose,
@@ -33,6 +34,7 @@ from saga._store.port import Store
 __all__ = [
     "Attempt",
     "ChildSaga",
+    "ContinueAsNew",
     "Clock",
     "Coordinator",
     "ErrorInfo",

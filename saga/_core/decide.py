@@ -15,6 +15,7 @@ from saga._core import events as ev
 from saga._core import messages as msg
 from saga._core.definition import (
     ChildSaga,
+    ContinueAsNew,
     OnTimeout,
     ParentClose,
     SagaDefinition,
@@ -31,6 +32,7 @@ from saga._core.effects import (
     Finish,
     RunAttempt,
     StartChild,
+    StartNext,
 )
 from saga._core.events import Phase
 from saga._core.state import SagaState, Status, evolve
@@ -41,6 +43,7 @@ __all__ = [
     "child_id",
     "decide",
     "idempotency_key",
+    "next_run_id",
     "outstanding",
     "start",
     "wake_at",
@@ -70,6 +73,15 @@ def child_id(saga_id: str, step: str) -> str:
     """The id of the child saga that step ``step`` of instance ``saga_id`` starts: the same
     after every crash, so that a rebuilt parent finds its child rather than starting one."""
     return f"{saga_id}/{step}"
+
+
+def next_run_id(saga_id: str) -> str:
+    """The id of the run that follows run ``saga_id`` of a saga that continues as new:
+    ``order-1`` -> ``order-1#2`` -> ``order-1#3``..."""
+    base, sep, n = saga_id.rpartition("#")
+    if sep and n.isdigit() and not n.startswith("0"):
+        return f"{base}#{int(n) + 1}"
+    return f"{saga_id}#2"
 
 
 def _spread(saga_id: str, step: str, phase: Phase, attempt: int) -> float:
@@ -167,6 +179,17 @@ def decide(
                 _deliver(b, now)
         case msg.ChildFinished():
             _on_child(b, message, now)
+        case msg.NextStarted(step=name, next_id=next_id):
+            attempt = state.attempt(Phase.ACTION, name)
+            step = definition.step(name)
+            if (
+                state.status is Status.RUNNING
+                and attempt is not None
+                and isinstance(step.wait, ContinueAsNew)
+                and next_id == next_run_id(state.saga_id)
+            ):
+                b.record(ev.SagaContinued(next_id=next_id))
+                _completed(b, step, attempt.attempt, {"continued_as": next_id}, now)
         case msg.ChildCancelDelivered(child_id=child):
             if child in state.cancelling:
                 b.record(ev.ChildCancelDelivered(child_id=child))
@@ -213,6 +236,10 @@ def outstanding(
             child = child_id(state.saga_id, a.step)
             effects.append(StartChild(step=a.step, attempt=a.attempt, child_id=child))
             continue
+        if isinstance(wait, ContinueAsNew):  # a no-op if the next run was started
+            next_id = next_run_id(state.saga_id)
+            effects.append(StartNext(step=a.step, attempt=a.attempt, next_id=next_id))
+            continue
         if wait is not None:
             if a.run_after is not None:
                 effects.append(ArmTimer(step=a.step, attempt=a.attempt, at=a.run_after))
@@ -250,7 +277,10 @@ def wake_at(definition: SagaDefinition, state: SagaState, now: float) -> float |
         return None
     times: list[float] = [now] if state.cancelling else []
     for a in state.in_flight:
-        if a.phase is Phase.ACTION and definition.step(a.step).wait is not None:
+        wait = definition.step(a.step).wait if a.phase is Phase.ACTION else None
+        if isinstance(wait, ContinueAsNew):
+            times.append(now)  # it has work to do: start the next run
+        elif wait is not None:
             if a.run_after is not None:
                 times.append(a.run_after)
         elif a.run_after is None or (
@@ -318,6 +348,10 @@ def _schedule_step(b: _Builder, step: Step, now: float) -> None:
             b.record(ev.StepScheduled(step=step.name, attempt=1))
             child = child_id(b.state.saga_id, step.name)
             b.effects.append(StartChild(step=step.name, attempt=1, child_id=child))
+        case ContinueAsNew():
+            b.record(ev.StepScheduled(step=step.name, attempt=1))
+            next_id = next_run_id(b.state.saga_id)
+            b.effects.append(StartNext(step=step.name, attempt=1, next_id=next_id))
 
 
 def _completed(b: _Builder, step: Step, attempt: int, result: object, now: float) -> None:
@@ -513,8 +547,16 @@ def _end_waits(b: _Builder, reason: str) -> None:
             continue
         error = ev.ErrorInfo("saga.Cancelled", f"the wait ended: {reason}")
         b.record(ev.StepFailed(step=a.step, attempt=a.attempt, error=error, will_retry=False))
-        if isinstance(wait, ChildSaga) and wait.on_parent_close is ParentClose.CANCEL:
-            child = child_id(b.state.saga_id, a.step)
+        # A next run that may have been started (the start and this cancel take turns) is
+        # cancelled too: the loop stops.
+        if isinstance(wait, ContinueAsNew) or (
+            isinstance(wait, ChildSaga) and wait.on_parent_close is ParentClose.CANCEL
+        ):
+            child = (
+                next_run_id(b.state.saga_id)
+                if isinstance(wait, ContinueAsNew)
+                else child_id(b.state.saga_id, a.step)
+            )
             b.record(ev.ChildCancelRequested(step=a.step, child_id=child))
             b.effects.append(CancelChild(child_id=child, reason=f"its parent stopped: {reason}"))
 

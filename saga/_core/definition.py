@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ChildSaga",
+    "ContinueAsNew",
     "OnTimeout",
     "ParentClose",
     "Parallel",
@@ -245,8 +246,33 @@ class ChildSaga:
             )
 
 
+@attrs.frozen(kw_only=True)
+class ContinueAsNew:
+    """The last step of a saga that loops: end this run and start the saga again, afresh.
+
+    The next run has the id ``<id>#2`` (then ``#3``...), an empty history, the newest
+    registered version of the saga, and the input ``input(ctx)`` gives (default: this
+    run's input). ``until(ctx)``, when given and true, ends the loop instead: the step
+    completes and the saga with it. Both are pure functions of the ``StepContext``
+    (``ctx.input``, ``ctx.results``): they may be called again after a crash. This run
+    completes with ``SagaContinued`` in its history; ``SagaHandle.outcome()`` follows the
+    runs to the last one.
+    """
+
+    input: Callable[[StepContext], Any] | None = None
+    until: Callable[[StepContext], bool] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("input", "until"):
+            fn = getattr(self, name)
+            if fn is not None and not callable(fn):
+                raise DefinitionError(
+                    f"ContinueAsNew.{name} must be a function or None, got {fn!r}"
+                )
+
+
 #: What a step without an action waits for.
-Wait = Sleep | WaitForSignal | ChildSaga
+Wait = Sleep | WaitForSignal | ChildSaga | ContinueAsNew
 
 
 @attrs.frozen(kw_only=True)
@@ -464,10 +490,15 @@ class SagaDefinition:
         def refuse(why: str) -> DefinitionError:
             return DefinitionError(why, saga=self.name, step=step.name)
 
-        if not isinstance(step.wait, Sleep | WaitForSignal | ChildSaga):
+        if not isinstance(step.wait, Sleep | WaitForSignal | ChildSaga | ContinueAsNew):
             raise refuse(
-                f"wait must be Sleep(...), WaitForSignal(...) or ChildSaga(...), got {step.wait!r}"
+                "wait must be Sleep(...), WaitForSignal(...), ChildSaga(...) or "
+                f"ContinueAsNew(...), got {step.wait!r}"
             )
+        if isinstance(step.wait, ContinueAsNew) and (
+            step is not self.steps[-1] or step.group is not None
+        ):
+            raise refuse("ContinueAsNew ends a run: it is the last step, and in no group")
         if step.action is not None:
             raise refuse("a step has an action or a wait, not both")
         if step.compensation is not None:

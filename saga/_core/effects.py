@@ -15,6 +15,7 @@ __all__ = [
     "Finish",
     "RunAttempt",
     "StartChild",
+    "StartNext",
 ]
 
 
@@ -52,6 +53,15 @@ class StartChild:
 
 
 @attrs.frozen(kw_only=True)
+class StartNext:
+    """Start run ``next_id`` of this saga (a no-op if it exists), or end the loop."""
+
+    step: str
+    attempt: int
+    next_id: str
+
+
+@attrs.frozen(kw_only=True)
 class CancelChild:
     """Cancel child ``child_id``, then report ``ChildCancelDelivered``."""
 
@@ -79,4 +89,4 @@ class Finish:
     status: Status
 
 
-Effect = RunAttempt | ArmTimer | StartChild | CancelChild | AbortAttempt | Finish
+Effect = RunAttempt | ArmTimer | StartChild | StartNext | CancelChild | AbortAttempt | Finish

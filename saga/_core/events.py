@@ -27,6 +27,7 @@ __all__ = [
     "SagaCancelled",
     "SagaCompensated",
     "SagaCompleted",
+    "SagaContinued",
     "SagaFailed",
     "SagaResumed",
     "SagaStarted",
@@ -175,6 +176,13 @@ class CompensationFailed:
 
 
 @attrs.frozen(kw_only=True)
+class SagaContinued:
+    """This run's last step started the next run, ``next_id``: the saga goes on there."""
+
+    next_id: str
+
+
+@attrs.frozen(kw_only=True)
 class SagaCompleted:
     pass
 
@@ -223,6 +231,7 @@ Event = (
     | CompensationScheduled
     | CompensationCompleted
     | CompensationFailed
+    | SagaContinued
     | SagaCompleted
     | SagaCompensated
     | SagaCancelled
@@ -248,6 +257,7 @@ EVENT_TYPES: dict[str, type[Any]] = {
         CompensationScheduled,
         CompensationCompleted,
         CompensationFailed,
+        SagaContinued,
         SagaCompleted,
         SagaCompensated,
         SagaCancelled,

@@ -50,7 +50,15 @@ from collections.abc import Iterable, Sequence
 import attrs
 
 from saga._core import events as ev
-from saga._core.definition import ChildSaga, SagaDefinition, Sleep, Step, StepKind, WaitForSignal
+from saga._core.definition import (
+    ChildSaga,
+    ContinueAsNew,
+    SagaDefinition,
+    Sleep,
+    Step,
+    StepKind,
+    WaitForSignal,
+)
 from saga.errors import NonDeterminismError
 
 __all__ = ["Divergence", "Rule", "check_fits", "divergence"]
@@ -175,6 +183,8 @@ def _waiting(step: Step) -> str:
             return f"a wait for signal {signal!r}"
         case ChildSaga(saga=saga):
             return f"a wait for child saga {saga!r}"
+        case ContinueAsNew():
+            return "a continue-as-new"
     return repr(step.wait)  # pragma: no cover
 
 
@@ -415,7 +425,7 @@ class _Walk:
         """Rule 9: the step waits as the history shows (for ``signal``, or for a child)."""
         step = self.steps[name]
         wait = step.wait
-        if signal is None and isinstance(wait, ChildSaga):
+        if signal is None and isinstance(wait, ChildSaga | ContinueAsNew):
             return None
         if signal is not None and isinstance(wait, WaitForSignal) and wait.signal == signal.signal:
             return None

@@ -12,6 +12,7 @@ __all__ = [
     "CancelSaga",
     "ChildCancelDelivered",
     "ChildFinished",
+    "NextStarted",
     "CompleteAttempt",
     "FailAttempt",
     "FireTimer",
@@ -80,6 +81,14 @@ class ChildFinished:
 
 
 @attrs.frozen(kw_only=True)
+class NextStarted:
+    """The next run ``next_id`` of a saga that continues as new was started."""
+
+    step: str
+    next_id: str
+
+
+@attrs.frozen(kw_only=True)
 class ChildCancelDelivered:
     """The cancel of child ``child_id`` was recorded (or could not be: it had ended)."""
 
@@ -108,6 +117,7 @@ Message = (
     | FireTimer
     | SignalSaga
     | ChildFinished
+    | NextStarted
     | ChildCancelDelivered
     | CancelSaga
     | SuspendSaga

@@ -15,7 +15,14 @@ from typing import Any
 import cattrs
 
 from saga._core.codec import converter, dumps
-from saga._core.definition import ChildSaga, SagaDefinition, Sleep, Step, WaitForSignal
+from saga._core.definition import (
+    ChildSaga,
+    ContinueAsNew,
+    SagaDefinition,
+    Sleep,
+    Step,
+    WaitForSignal,
+)
 from saga._core.fit import Rule
 from saga._core.state import SagaState
 
@@ -41,6 +48,8 @@ def _wait(step: Step) -> Any:
             return ["signal", signal]
         case ChildSaga(saga=saga, on_parent_close=close):
             return ["child", saga, close.value]
+        case ContinueAsNew():
+            return "continue"
 
 
 def fingerprint(definition: SagaDefinition) -> str:

@@ -66,6 +66,7 @@ class SagaState:
         signal_ids: the message id of every signal received (a repeat is dropped).
         parent: for a child saga, its parent.
         cancelling: children whose cancel is to be delivered before the saga may end.
+        continued_as: the next run, once this one continued as new.
     """
 
     saga_id: str
@@ -88,6 +89,7 @@ class SagaState:
     signal_ids: frozenset[str] = frozenset()
     parent: ev.ParentRef | None = None
     cancelling: tuple[str, ...] = ()
+    continued_as: str | None = None
 
     def signal(self, name: str) -> ev.SignalReceived | None:
         """The oldest signal ``name`` waiting to be taken, if any."""
@@ -159,6 +161,8 @@ def _changes(state: SagaState, event: ev.Event) -> dict[str, Any]:
             )
         case ev.CompensationFailed(step=step):
             return dict(in_flight=_without(state, Phase.COMPENSATION, step))
+        case ev.SagaContinued(next_id=next_id):
+            return dict(continued_as=next_id)
         case ev.SagaCompleted():
             return dict(status=Status.COMPLETED)
         case ev.SagaCompensated():

@@ -14,7 +14,7 @@ from saga._core import messages as msg
 from saga._core.codec import check_payload, dumps
 from saga._core.context import StepContext
 from saga._core.decide import Decision, decide, idempotency_key, outstanding, wake_at
-from saga._core.definition import ChildSaga, SagaDefinition
+from saga._core.definition import ChildSaga, ContinueAsNew, SagaDefinition
 from saga._core.effects import (
     AbortAttempt,
     ArmTimer,
@@ -23,6 +23,7 @@ from saga._core.effects import (
     Finish,
     RunAttempt,
     StartChild,
+    StartNext,
 )
 from saga._core.events import ErrorInfo, ParentRef, Phase
 from saga._core.snapshot import fingerprint
@@ -279,13 +280,13 @@ class Actor:
                     held = self._attempts.get((phase, step, n))
                     if held is not None and not held.began:
                         held.scope.cancel()
-                case StartChild() | CancelChild():
+                case StartChild() | StartNext() | CancelChild():
                     self._runners += 1
                     tg.start_soon(self._child, effect)
                 case Finish():
                     self.coordinator._settled(self.saga_id, self.state)
 
-    async def _child(self, effect: StartChild | CancelChild) -> None:
+    async def _child(self, effect: StartChild | StartNext | CancelChild) -> None:
         """Start or cancel a child saga, one at a time per parent: a cancel issued while
         its child is being started waits for that start, so no child starts after its
         cancel and escapes it."""
@@ -294,6 +295,8 @@ class Actor:
             async with self._children:
                 if isinstance(effect, StartChild):
                     outcome = await self._start_child(effect)
+                elif isinstance(effect, StartNext):
+                    outcome = await self._start_next(effect)
                 else:
                     await self.coordinator._cancel_child(effect.child_id, effect.reason)
                     outcome = msg.ChildCancelDelivered(child_id=effect.child_id)
@@ -315,6 +318,52 @@ class Actor:
             input=state.input,
             results=dict(state.results),
         )
+
+    async def _start_next(self, effect: StartNext) -> msg.Message | None:
+        """Start the next run of a saga that continues as new, or end its loop."""
+        state = self.state
+        assert state is not None
+        attempt = state.attempt(Phase.ACTION, effect.step)
+        if (
+            state.status is not Status.RUNNING
+            or attempt is None
+            or attempt.attempt != effect.attempt
+        ):
+            return None  # cancelled before the next run started: it never will
+        again = self.definition.step(effect.step).wait
+        assert isinstance(again, ContinueAsNew)
+        ctx = self._context(
+            state,
+            effect.step,
+            Phase.ACTION,
+            effect.attempt,
+            idempotency_key(self.saga_id, effect.step, Phase.ACTION),
+        )
+        try:
+            if again.until is not None and again.until(ctx):
+                return msg.CompleteAttempt(
+                    phase=Phase.ACTION,
+                    step=effect.step,
+                    attempt=effect.attempt,
+                    result={"continued_as": None},
+                )
+            next_input = state.input if again.input is None else again.input(ctx)
+            coordinator = self.coordinator
+            await coordinator._start(
+                coordinator.definition(self.definition.name), effect.next_id, next_input
+            )
+        except StoreError:
+            raise  # a crash: the rebuilt actor starts it again (a no-op if it landed)
+        except Exception as exc:  # noqa: BLE001 - its functions, or a conflicting id
+            log.warning("saga %s: next run not started: %r", self.saga_id, exc)
+            return msg.FailAttempt(
+                phase=Phase.ACTION,
+                step=effect.step,
+                attempt=effect.attempt,
+                error=ErrorInfo.of(exc),
+                retryable=False,
+            )
+        return msg.NextStarted(step=effect.step, next_id=effect.next_id)
 
     async def _start_child(self, effect: StartChild) -> msg.Message | None:
         state = self.state

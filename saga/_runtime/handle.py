@@ -27,6 +27,7 @@ class SagaOutcome:
         results: the recorded result of every step that completed.
         reason: why it did not complete (the failure, or the cancellation's reason).
         pending: for ``FAILED``, the steps still to undo, newest first.
+        continued_as: for a saga that continued as new, the id of its next run.
     """
 
     saga_id: str
@@ -34,6 +35,7 @@ class SagaOutcome:
     results: Mapping[str, Any]
     reason: str | None = None
     pending: tuple[str, ...] = ()
+    continued_as: str | None = None
 
     @classmethod
     def of(cls, state: SagaState) -> SagaOutcome:
@@ -43,6 +45,7 @@ class SagaOutcome:
             results=dict(state.results),
             reason=state.reason,
             pending=state.pending,
+            continued_as=state.continued_as,
         )
 
 
@@ -53,16 +56,20 @@ class SagaHandle:
     saga_id: str
     _coordinator: Coordinator = attrs.field(repr=False)
 
-    async def outcome(self) -> SagaOutcome:
+    async def outcome(self, *, follow: bool = True) -> SagaOutcome:
         """Wait until the instance is terminal, then say how it ended.
 
         A suspended instance is not terminal: this waits until an operator resumes it
-        and it finishes.
+        and it finishes. A saga that continued as new is followed to its last run (its
+        ``saga_id`` says which); with ``follow=False``, this run's outcome is given.
 
         Raises:
             NotFoundError: there is no such instance.
         """
-        return await self._coordinator.wait(self.saga_id)
+        outcome = await self._coordinator.wait(self.saga_id)
+        while follow and outcome.continued_as is not None:
+            outcome = await self._coordinator.wait(outcome.continued_as)
+        return outcome
 
     async def settle(self) -> Status:
         """Wait until the instance is terminal or suspended; return that status.

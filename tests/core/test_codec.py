@@ -152,6 +152,7 @@ EVENTS: dict[type[Any], st.SearchStrategy[Any]] = {
     ev.CompensationFailed: st.builds(
         ev.CompensationFailed, step=texts, attempt=attempts, error=errors, will_retry=st.booleans()
     ),
+    ev.SagaContinued: st.builds(ev.SagaContinued, next_id=texts),
     ev.SagaCompleted: st.builds(ev.SagaCompleted),
     ev.SagaCompensated: st.builds(ev.SagaCompensated),
     ev.SagaCancelled: st.builds(ev.SagaCancelled, reason=texts),
