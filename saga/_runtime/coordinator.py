@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ from saga._runtime.history import (
     decode_history,
     replay,
     replay_after,
+    signal_key,
     snapshot_for,
     transition,
 )
@@ -67,12 +67,6 @@ class _Waiter:
     event: anyio.Event = attrs.field(factory=anyio.Event)
     state: SagaState | None = None
     count: int = 0  # callers waiting on it; the last one out removes it
-
-
-def signal_key(saga_id: str, message_id: str) -> str:
-    """The inbox key of a signal: one per (instance, message id), whatever the lengths."""
-    raw = "\x00".join(("signal", saga_id, message_id)).encode()
-    return "signal:" + hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
 def _check_id(saga_id: object) -> str:

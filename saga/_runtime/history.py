@@ -113,6 +113,18 @@ def transition(
     return t
 
 
+def inbox_key(kind: str, *parts: str) -> str:
+    """An inbox message id, one per ``(kind, *parts)`` whatever their lengths: a resend
+    writes nothing."""
+    raw = "\x00".join((kind, *parts)).encode()
+    return f"{kind}:{hashlib.blake2b(raw, digest_size=16).hexdigest()}"
+
+
+def signal_key(saga_id: str, message_id: str) -> str:
+    """The inbox key of a signal: one per (instance, message id)."""
+    return inbox_key("signal", saga_id, message_id)
+
+
 def parent_notice(state: SagaState, at: float) -> InboxRecord:
     """The inbox message telling a child saga's parent how the child ended."""
     assert state.parent is not None
@@ -123,9 +135,8 @@ def parent_notice(state: SagaState, at: float) -> InboxRecord:
         results=dict(state.results),
         reason=state.reason,
     )
-    key = hashlib.blake2b(state.saga_id.encode(), digest_size=16).hexdigest()
     return InboxRecord(
-        message_id=f"child:{key}",
+        message_id=inbox_key("child", state.saga_id),
         saga_id=state.parent.saga_id,
         sender=state.saga_id,  # nobody waits for an answer
         body=encode_command(finished),

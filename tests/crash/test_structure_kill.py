@@ -29,7 +29,6 @@ scheduled or begun after the saga turned back unless it was scheduled before.
 from __future__ import annotations
 
 import random
-import secrets
 import signal
 import subprocess
 import sys
@@ -65,8 +64,9 @@ from tests.chaos.checks import (
     wait_violations,
 )
 from tests.chaos.ledger import count_lines, read_ledger, read_lines
-from tests.chaos.procs import REPO, connect_postgres, env, tail, with_query
+from tests.chaos.procs import REPO, env, tail
 from tests.crash import structure_worker as worker
+from tests.crash.stores import STORES, on_store
 
 pytestmark = pytest.mark.crash
 
@@ -299,35 +299,10 @@ async def campaign(kind: str, url: str, workdir: Path) -> Campaign:
     return c
 
 
-async def postgres_url(tag: str) -> tuple[str, str, Any]:
-    try:
-        dsn, conn = await connect_postgres()
-    except ConnectionError as exc:
-        pytest.skip(str(exc))
-    schema = f"structure_{tag}"
-    return with_query(dsn, schema=schema), schema, conn
-
-
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
+@pytest.fixture(scope="module", params=STORES)
 def done(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Campaign:
-    kind = request.param
-    workdir = tmp_path_factory.mktemp(f"structure-{kind}")
-    if kind == "sqlite":
-        return anyio.run(campaign, kind, f"sqlite:///{workdir / 'saga.db'}", workdir)
-
-    async def on_postgres() -> Campaign:
-        url, schema, admin = await postgres_url(secrets.token_hex(6))
-        try:
-            return await campaign(kind, url, workdir)
-        finally:
-            try:
-                await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-            finally:
-                await admin.close()
-
-    return anyio.run(on_postgres)
+    workdir = tmp_path_factory.mktemp(f"structure-{request.param}")
+    return on_store(request.param, workdir, campaign, prefix="structure")
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,6 @@ not before it; every saga in its expected terminal status.
 from __future__ import annotations
 
 import json
-import secrets
 import signal
 import subprocess
 import sys
@@ -62,8 +61,9 @@ from tests.chaos.checks import (
     wait_violations,
 )
 from tests.chaos.ledger import read_ledger, read_lines
-from tests.chaos.procs import REPO, connect_postgres, env, tail, with_query
+from tests.chaos.procs import REPO, env, tail
 from tests.crash import waiting_worker as worker
+from tests.crash.stores import STORES, on_store
 
 pytestmark = pytest.mark.crash
 
@@ -330,35 +330,10 @@ async def campaign(kind: str, url: str, workdir: Path) -> Campaign:
     return c
 
 
-async def postgres_url(tag: str) -> tuple[str, str, Any]:
-    try:
-        dsn, conn = await connect_postgres()
-    except ConnectionError as exc:
-        pytest.skip(str(exc))
-    schema = f"waiting_{tag}"
-    return with_query(dsn, schema=schema), schema, conn
-
-
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
+@pytest.fixture(scope="module", params=STORES)
 def done(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Campaign:
-    kind = request.param
-    workdir = tmp_path_factory.mktemp(f"waiting-{kind}")
-    if kind == "sqlite":
-        return anyio.run(campaign, kind, f"sqlite:///{workdir / 'saga.db'}", workdir)
-
-    async def on_postgres() -> Campaign:
-        url, schema, admin = await postgres_url(secrets.token_hex(6))
-        try:
-            return await campaign(kind, url, workdir)
-        finally:
-            try:
-                await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-            finally:
-                await admin.close()
-
-    return anyio.run(on_postgres)
+    workdir = tmp_path_factory.mktemp(f"waiting-{request.param}")
+    return on_store(request.param, workdir, campaign, prefix="waiting")
 
 
 @pytest.fixture(scope="module")
